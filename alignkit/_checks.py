@@ -1,0 +1,156 @@
+"""Input validation and dtype handling for every public function, in one place.
+
+Every public loss calls these helpers so that the same mistake gives the same message
+everywhere: a ``ValueError`` naming the argument, what was expected and what was received.
+
+Checking for NaN/Inf needs one device-to-host synchronisation per tensor. Inside a tight
+training loop on GPU this is measurable; :func:`input_checks` turns the value checks off
+(shapes, devices and dtypes are still checked because they cost nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+_CHECK_VALUES = True
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@contextlib.contextmanager
+def input_checks(enabled: bool) -> Iterator[None]:
+    """Context manager turning the NaN/Inf checks of inputs on or off (default: on)."""
+    global _CHECK_VALUES
+    previous, _CHECK_VALUES = _CHECK_VALUES, enabled
+    try:
+        yield
+    finally:
+        _CHECK_VALUES = previous
+
+
+def values_checked() -> bool:
+    """Whether value checks (NaN/Inf, signs, sums), which cost a host sync, are on."""
+    return _CHECK_VALUES
+
+
+def check_tensor(
+    x: Any,
+    name: str,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    min_rows: int = 1,
+    check_values: bool = True,
+) -> Tensor:
+    """Check that ``x`` is a non-empty floating tensor of the right rank with finite values.
+
+    ``min_rows`` is the smallest allowed size of dimension ``-2`` (the sample axis of an
+    ``(N, d)`` array) when ``ndim`` is given, else of dimension 0.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, received {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating dtype {FLOAT_DTYPES}, received {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if x.ndim not in allowed:
+            shape_word = " or ".join(f"{n}-D" for n in allowed)
+            raise ValueError(f"{name}: expected a {shape_word} tensor, received shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty tensor, received shape {tuple(x.shape)}")
+    rows_axis = -2 if (ndim is not None and x.ndim >= 2) else 0
+    if x.shape[rows_axis] < min_rows:
+        raise ValueError(
+            f"{name}: expected at least {min_rows} samples along dim {rows_axis}, "
+            f"received shape {tuple(x.shape)}"
+        )
+    if check_values and _CHECK_VALUES and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, received NaN or Inf")
+    return x
+
+
+def check_same_kind(tensors: dict[str, Tensor]) -> None:
+    """Check that all named tensors share one device and one dtype."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name}: expected device {first.device} (the device of {first_name}), received {t.device}"
+            )
+        if t.dtype != first.dtype:
+            raise ValueError(
+                f"{name}: expected dtype {first.dtype} (the dtype of {first_name}), received {t.dtype}"
+            )
+
+
+def check_feature_widths(tensors: dict[str, Tensor]) -> None:
+    """Check that all named tensors have the same last dimension (feature width)."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.shape[-1] != first.shape[-1]:
+            raise ValueError(
+                f"{name}: expected feature width {first.shape[-1]} (the width of {first_name}), "
+                f"received shape {tuple(t.shape)}"
+            )
+
+
+def check_sequence(xs: Any, name: str, *, min_len: int = 1) -> list[Tensor]:
+    """Turn a tensor or a sequence of tensors into a list, checking its length."""
+    if isinstance(xs, Tensor):
+        xs = [xs]
+    if not isinstance(xs, Sequence) or isinstance(xs, str):
+        raise ValueError(f"{name}: expected a sequence of tensors, received {type(xs).__name__}")
+    xs = list(xs)
+    if len(xs) < min_len:
+        raise ValueError(f"{name}: expected at least {min_len} tensors, received {len(xs)}")
+    return xs
+
+
+def check_positive(value: float, name: str) -> float:
+    """Check that a scalar option is a finite, strictly positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a positive number, received {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite value > 0, received {value!r}")
+    return float(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """Check that an option is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, received {value!r}")
+    return value
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Internal and result dtype: float64 stays float64, everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def full_precision(fn: _F) -> _F:
+    """Run ``fn`` with autocast disabled so that its internals stay in float32 or float64.
+
+    The wrapped function casts its own inputs with :func:`compute_dtype`; disabling autocast
+    prevents matrix products inside it from silently dropping back to half precision.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            for device_type in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device_type):
+                    stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+

@@ -1,0 +1,1 @@
+"""Kernel-reduction backends. :mod:`alignkit.kernels.dispatch` is the one place that picks one."""

@@ -1,0 +1,61 @@
+"""The one place that chooses a kernel-reduction backend.
+
+``backend="auto"`` follows this table (first matching row wins):
+
+=====================================  ===========
+condition                              backend
+=====================================  ===========
+``$ALIGNKIT_BACKEND`` is set           that value
+``N * M <= DENSE_MAX_ELEMENTS``        ``dense``
+CUDA tensor and pykeops compiles       ``keops``
+otherwise                              ``blocked``
+=====================================  ===========
+
+A KeOps compilation failure under ``"auto"`` falls back to ``blocked`` with one warning;
+an explicit ``backend="keops"`` raises instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from torch import Tensor
+
+from alignkit._checks import check_choice
+
+Backend = Literal["auto", "dense", "blocked", "keops"]
+BACKENDS = ("auto", "dense", "blocked", "keops")
+ENV_VAR = "ALIGNKIT_BACKEND"
+
+DENSE_MAX_ELEMENTS = 4096 * 4096
+"""Largest ``N * M`` that ``auto`` computes densely (64 MB per float32 kernel matrix)."""
+
+
+def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
+    """Name of the concrete backend ``auto`` (or an explicit choice) maps to."""
+    check_choice(backend, "backend", BACKENDS)
+    if backend != "auto":
+        return backend
+    override = os.environ.get(ENV_VAR)
+    if override:
+        check_choice(override, ENV_VAR, BACKENDS[1:])
+        return override
+    if n * m <= DENSE_MAX_ELEMENTS:
+        return "dense"
+    return "blocked"
+
+
+def kernel_sum(x: Tensor, y: Tensor, scales: Tensor, *, same: bool, backend: str = "auto") -> Tensor:
+    """``sum_s sum_ij exp(-scales[s] ||x_i - y_j||^2)`` on the chosen backend.
+
+    Args:
+        x: ``(N, d)``; y: ``(M, d)``; scales: ``(S,)`` = ``1 / (2 sigma_s^2)``.
+        same: ``y`` is ``x`` (diagonal distances exactly zero).
+    """
+    name = resolve_backend(backend, x.shape[0], y.shape[0], x.device.type)
+    if name == "dense":
+        from alignkit.kernels.backends import dense
+
+        return dense.gaussian_kernel_sum(x, y, scales, same)
+    raise NotImplementedError(f"backend {name!r} is not implemented yet")

@@ -1,0 +1,400 @@
+"""Thin ``nn.Module`` wrappers around :mod:`alignkit.functional`, composed into ``DecAlignLoss``.
+
+Each module holds options (and, for :class:`GMMPrototypes`, running state) and calls the pure
+functions; the composite losses return a :class:`LossOutput` with every component for logging::
+
+    DecAlignLoss = task + DecouplingLoss + alpha * HeterogeneityLoss + beta * HomogeneityLoss   (eq. 13)
+    HeterogeneityLoss = GMMPrototypes per modality -> PrototypeOTLoss (L_OT + L_proto)          (eq. 9)
+    HomogeneityLoss = MomentMatchingLoss (L_sem) + MMDLoss (L_MMD)                              (eqs. 10-11)
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from alignkit._checks import check_choice, check_positive, check_sequence
+from alignkit.decoupling import Granularity, Mode, decoupling_loss, masked_mean
+from alignkit.kernels.dispatch import Backend
+from alignkit.kernels.mmd import Bandwidth, Estimator, multimodal_mmd
+from alignkit.moments import moment_matching_loss
+from alignkit.ot.bures import bures_wasserstein_cost
+from alignkit.ot.sinkhorn import MAX_COST_ELEMENTS, GradMode, joint_cost_tensor, multi_marginal_sinkhorn
+from alignkit.prototypes.calibration import Matching, prototype_calibration_loss
+from alignkit.prototypes.gmm import CovarianceType, GaussianMixture, GMMGrad, InitMethod, fit_gmm
+
+SampleGranularity = Literal["pooled", "token"]
+
+
+@dataclass
+class LossOutput:
+    """A composite loss: ``total`` to back-propagate, ``components`` (0-dim tensors) to log,
+    ``diagnostics`` (Python numbers, e.g. OT convergence) to inspect."""
+
+    total: Tensor
+    components: dict[str, Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+class DecouplingLoss(nn.Module):
+    """Module form of :func:`alignkit.functional.decoupling_loss` (eq. 1)."""
+
+    def __init__(self, *, mode: Mode = "squared", granularity: Granularity = "sequence") -> None:
+        super().__init__()
+        self.mode = check_choice(mode, "mode", ["squared", "abs", "signed"])
+        self.granularity = check_choice(granularity, "granularity", ["sequence", "token", "pooled"])
+
+    def forward(
+        self,
+        unique: Tensor | Sequence[Tensor],
+        common: Tensor | Sequence[Tensor],
+        masks: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
+        return decoupling_loss(unique, common, mode=self.mode, granularity=self.granularity, masks=masks)
+
+
+class GMMPrototypes(nn.Module):
+    """Gaussian-mixture prototypes of one modality (eqs. 2-4), fitted on every batch.
+
+    With ``momentum`` set, the module keeps running prototypes (an exponential moving average of
+    the fitted weights, means and covariances, updated in training mode). Each fit then starts
+    from them instead of from k-means++: component ``k`` keeps its meaning from batch to batch,
+    and a few EM steps suffice even on small batches. The returned mixture is always the one
+    fitted to the current batch, so gradients reach the features.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 8,
+        *,
+        covariance_type: CovarianceType = "diag",
+        n_iter: int = 10,
+        init: InitMethod = "kmeans++",
+        reg_covar: float = 1e-6,
+        seed: int | None = 0,
+        grad: GMMGrad = "unrolled",
+        momentum: float | None = None,
+    ) -> None:
+        super().__init__()
+        if momentum is not None and not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum: expected a value in (0, 1] or None, received {momentum!r}")
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.n_iter = n_iter
+        self.init = init
+        self.reg_covar = reg_covar
+        self.seed = seed
+        self.grad = grad
+        self.momentum = momentum
+        self.running_weights: Tensor | None
+        self.running_means: Tensor | None
+        self.running_covariances: Tensor | None
+        for name in ("running_weights", "running_means", "running_covariances"):
+            self.register_buffer(name, None)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Running prototypes are created lazily (their width is known at the first batch);
+        # materialise them before loading a checkpoint that has them.
+        for name in ("running_weights", "running_means", "running_covariances"):
+            if prefix + name in state_dict and getattr(self, name) is None:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> GaussianMixture:
+        """Fit to ``x: (N, d)``; returns the batch mixture (weights ``(K,)``, means ``(K, d)``, ...)."""
+        warm = self.momentum is not None and self.running_means is not None
+        mixture = fit_gmm(
+            x,
+            self.n_components,
+            covariance_type=self.covariance_type,
+            n_iter=self.n_iter,
+            init=self.init,
+            means_init=self.running_means if warm else None,
+            weights_init=self.running_weights if warm else None,
+            covariances_init=self.running_covariances if warm else None,
+            reg_covar=self.reg_covar,
+            seed=self.seed,
+            grad=self.grad,
+        )
+        if self.momentum is not None and self.training:
+            self._update_running(mixture)
+        return mixture
+
+    @torch.no_grad()
+    def _update_running(self, mixture: GaussianMixture) -> None:
+        fitted = {
+            "running_weights": mixture.weights,
+            "running_means": mixture.means,
+            "running_covariances": mixture.covariances,
+        }
+        for name, value in fitted.items():
+            current = getattr(self, name)
+            value = value.detach()
+            if current is None or current.shape != value.shape:
+                setattr(self, name, value.clone())
+            else:
+                current.lerp_(value.to(current.dtype), self.momentum)
+
+
+class PrototypeOTLoss(nn.Module):
+    """Prototype-guided multi-marginal OT plus calibration, ``L_OT + L_proto`` (eq. 9).
+
+    The joint cost sums pairwise Bures costs ``W2^2`` between the modalities' components (eqs.
+    5-6); the marginals are the mixture weights (eq. 8). With ``relative_epsilon`` (default) the
+    entropic ``epsilon`` is multiplied by the mean joint cost (without gradient), so one setting
+    works whatever the scale of the features.
+    """
+
+    def __init__(
+        self,
+        *,
+        epsilon: float = 0.1,
+        relative_epsilon: bool = True,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        grad: GradMode = "envelope",
+        matching: Matching = "plan",
+        ot_weight: float = 1.0,
+        proto_weight: float = 1.0,
+        max_elements: int = MAX_COST_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        self.epsilon = check_positive(epsilon, "epsilon")
+        self.relative_epsilon = relative_epsilon
+        self.max_iter = max_iter
+        self.tol = tol
+        self.grad = check_choice(grad, "grad", ["envelope", "unrolled"])
+        self.matching = check_choice(matching, "matching", ["plan", "index"])
+        self.ot_weight = ot_weight
+        self.proto_weight = proto_weight
+        self.max_elements = max_elements
+
+    def forward(self, features: Sequence[Tensor], mixtures: Sequence[GaussianMixture]) -> LossOutput:
+        """``features``: ``M`` tensors ``(N_i, d)``; ``mixtures``: their fitted mixtures."""
+        features = check_sequence(features, "features", min_len=2)
+        if len(mixtures) != len(features):
+            raise ValueError(f"mixtures: expected {len(features)} (one per modality), received {len(mixtures)}")
+        pairwise = {
+            (i, j): bures_wasserstein_cost(mixtures[i].means, mixtures[i].covariances, mixtures[j].means, mixtures[j].covariances)
+            for i, j in itertools.combinations(range(len(features)), 2)
+        }
+        cost = joint_cost_tensor(pairwise, max_elements=self.max_elements)
+        epsilon = self.epsilon * float(cost.detach().mean().clamp_min(1e-12)) if self.relative_epsilon else self.epsilon
+        result = multi_marginal_sinkhorn(
+            cost,
+            [mixture.weights for mixture in mixtures],
+            epsilon,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            grad=self.grad,
+            max_elements=self.max_elements,
+        )
+        components = {"ot": result.value}
+        total = self.ot_weight * result.value
+        if self.proto_weight > 0:
+            proto = prototype_calibration_loss(
+                features,
+                [mixture.responsibilities for mixture in mixtures],
+                [mixture.means for mixture in mixtures],
+                plan=result.plan.detach() if self.matching == "plan" else None,
+                matching=self.matching,
+            )
+            components["proto"] = proto
+            total = total + self.proto_weight * proto
+        diagnostics = {
+            "ot_n_iter": float(result.n_iter),
+            "ot_converged": float(result.converged),
+            "ot_marginal_error": result.marginal_error,
+        }
+        return LossOutput(total, components, diagnostics)
+
+
+class HeterogeneityLoss(nn.Module):
+    """``L_hete``: one :class:`GMMPrototypes` per modality, then :class:`PrototypeOTLoss` (eqs. 2-9).
+
+    Args:
+        n_modalities: ``M >= 2``; each modality gets its own copy of ``prototypes`` (own state).
+        prototypes: template prototype module (default ``GMMPrototypes()``).
+        transport: OT + calibration module (default ``PrototypeOTLoss()``).
+    """
+
+    def __init__(
+        self,
+        n_modalities: int,
+        *,
+        prototypes: GMMPrototypes | None = None,
+        transport: PrototypeOTLoss | None = None,
+    ) -> None:
+        super().__init__()
+        if n_modalities < 2:
+            raise ValueError(f"n_modalities: expected at least 2, received {n_modalities}")
+        template = prototypes if prototypes is not None else GMMPrototypes()
+        self.prototypes = nn.ModuleList(copy.deepcopy(template) for _ in range(n_modalities))
+        self.transport = transport if transport is not None else PrototypeOTLoss()
+
+    def forward(self, features: Sequence[Tensor]) -> LossOutput:
+        """``features``: ``M`` tensors ``(N_i, d)`` of modality-unique features."""
+        features = check_sequence(features, "features", min_len=2)
+        if len(features) != len(self.prototypes):
+            raise ValueError(f"features: expected {len(self.prototypes)} tensors (n_modalities), received {len(features)}")
+        mixtures = [module(f) for module, f in zip(self.prototypes, features)]
+        return self.transport(features, mixtures)
+
+
+class MomentMatchingLoss(nn.Module):
+    """Module form of :func:`alignkit.functional.moment_matching_loss` (``L_sem``, eq. 10)."""
+
+    def __init__(self, *, mean_weight: float = 1.0, covariance_weight: float = 1.0, skewness_weight: float = 1.0) -> None:
+        super().__init__()
+        self.mean_weight = mean_weight
+        self.covariance_weight = covariance_weight
+        self.skewness_weight = skewness_weight
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        return moment_matching_loss(
+            features,
+            mean_weight=self.mean_weight,
+            covariance_weight=self.covariance_weight,
+            skewness_weight=self.skewness_weight,
+        )
+
+
+class MMDLoss(nn.Module):
+    """Module form of :func:`alignkit.functional.multimodal_mmd` (``L_MMD``, eqs. 11-12)."""
+
+    def __init__(self, *, sigma: Bandwidth = 1.0, estimator: Estimator = "biased", backend: Backend = "auto") -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.estimator = check_choice(estimator, "estimator", ["biased", "unbiased"])
+        self.backend = backend
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """``features``: ``M >= 2`` tensors ``(N_i, d)``."""
+        return multimodal_mmd(features, self.sigma, estimator=self.estimator, backend=self.backend)
+
+
+class HomogeneityLoss(nn.Module):
+    """``L_homo = L_sem + L_MMD`` on modality-common features (eqs. 10-12); either part can be off."""
+
+    def __init__(
+        self,
+        *,
+        moments: MomentMatchingLoss | None = None,
+        mmd: MMDLoss | None = None,
+        use_sem: bool = True,
+        use_mmd: bool = True,
+    ) -> None:
+        super().__init__()
+        self.moments = moments if moments is not None else MomentMatchingLoss()
+        self.mmd = mmd if mmd is not None else MMDLoss()
+        self.use_sem = use_sem
+        self.use_mmd = use_mmd
+
+    def forward(self, features: Sequence[Tensor]) -> LossOutput:
+        components: dict[str, Tensor] = {}
+        if self.use_sem:
+            components["sem"] = self.moments(features)
+        if self.use_mmd:
+            components["mmd"] = self.mmd(features)
+        total = sum(components.values()) if components else features[0].new_zeros((), dtype=torch.float32)
+        return LossOutput(total, components)  # type: ignore[arg-type]
+
+
+def sample_sets(
+    features: Sequence[Tensor], masks: Sequence[Tensor | None] | None, granularity: SampleGranularity
+) -> list[Tensor]:
+    """Turn per-modality sequences ``(B, T, d)`` into sample sets ``(N, d)``.
+
+    ``"pooled"``: one sample per sequence (mean over real steps), ``N = B``.
+    ``"token"``: every real (unpadded) step is a sample, ``N = sum of lengths``.
+    2-D inputs ``(B, d)`` are already sample sets.
+    """
+    masks = [None] * len(features) if masks is None else list(masks)
+    samples = []
+    for x, mask in zip(features, masks):
+        if x.ndim == 2:
+            samples.append(x)
+        elif granularity == "pooled":
+            samples.append(masked_mean(x, mask))
+        else:
+            samples.append(x.reshape(-1, x.shape[-1]) if mask is None else x[mask])
+    return samples
+
+
+class DecAlignLoss(nn.Module):
+    """The DecAlign objective without the task term's model: ``L_task + L_dec + alpha L_hete + beta L_homo`` (eq. 13).
+
+    Args:
+        n_modalities: ``M >= 2``.
+        alpha, beta: weights of ``L_hete`` and ``L_homo`` (paper: 0.05 each).
+        decoupling, heterogeneity, homogeneity: the three parts (defaults: default modules).
+        use_decoupling, use_hete, use_homo: switches for the paper's ablations (table 3);
+            the finer switches (OT, calibration, Sem, MMD) live in the parts.
+        sample_granularity: how sequences become sample sets for the prototype and moment
+            losses: ``"pooled"`` (one per sequence) or ``"token"`` (every real step).
+    """
+
+    def __init__(
+        self,
+        n_modalities: int,
+        *,
+        alpha: float = 0.05,
+        beta: float = 0.05,
+        decoupling: DecouplingLoss | None = None,
+        heterogeneity: HeterogeneityLoss | None = None,
+        homogeneity: HomogeneityLoss | None = None,
+        use_decoupling: bool = True,
+        use_hete: bool = True,
+        use_homo: bool = True,
+        sample_granularity: SampleGranularity = "pooled",
+    ) -> None:
+        super().__init__()
+        self.n_modalities = n_modalities
+        self.alpha = alpha
+        self.beta = beta
+        self.decoupling = decoupling if decoupling is not None else DecouplingLoss()
+        self.heterogeneity = heterogeneity if heterogeneity is not None else HeterogeneityLoss(n_modalities)
+        self.homogeneity = homogeneity if homogeneity is not None else HomogeneityLoss()
+        self.use_decoupling = use_decoupling
+        self.use_hete = use_hete
+        self.use_homo = use_homo
+        self.sample_granularity = check_choice(sample_granularity, "sample_granularity", ["pooled", "token"])
+
+    def forward(
+        self,
+        unique: Sequence[Tensor],
+        common: Sequence[Tensor],
+        *,
+        masks: Sequence[Tensor | None] | None = None,
+        task_loss: Tensor | None = None,
+    ) -> LossOutput:
+        """``unique``, ``common``: ``M`` tensors ``(B, T_m, d)`` or ``(B, d)``; ``masks``: ``(B, T_m)`` bool."""
+        unique = check_sequence(unique, "unique", min_len=2)
+        common = check_sequence(common, "common", min_len=2)
+        components: dict[str, Tensor] = {}
+        diagnostics: dict[str, float] = {}
+        total = unique[0].new_zeros((), dtype=torch.float64 if unique[0].dtype == torch.float64 else torch.float32)
+        if task_loss is not None:
+            components["task"] = task_loss
+            total = total + task_loss
+        if self.use_decoupling:
+            components["dec"] = self.decoupling(unique, common, masks)
+            total = total + components["dec"]
+        if self.use_hete:
+            hete = self.heterogeneity(sample_sets(unique, masks, self.sample_granularity))
+            components["hete"] = hete.total
+            components.update(hete.components)
+            diagnostics.update(hete.diagnostics)
+            total = total + self.alpha * hete.total
+        if self.use_homo:
+            homo = self.homogeneity(sample_sets(common, masks, self.sample_granularity))
+            components["homo"] = homo.total
+            components.update(homo.components)
+            total = total + self.beta * homo.total
+        return LossOutput(total, components, diagnostics)

@@ -1,0 +1,303 @@
+"""Load the MMSA feature pickles of CMU-MOSI, CMU-MOSEI and CH-SIMS.
+
+The MMSA toolkit ships each data set as one pickle holding a dict with keys ``"train"``,
+``"valid"`` and ``"test"``. Each split is itself a dict:
+
+``text``
+    float ``(N, L, 768)``: BERT-like vectors, one per (padded) token.
+``text_bert``
+    int64 ``(N, 3, L)``: token ids, attention mask and segment ids. Some files hold only this raw
+    token layout, some hold both it and ``text``. alignkit has no BERT to run, so it needs the
+    float ``text``; when both are present the attention mask (row 1) still supplies the text
+    lengths.
+``audio``, ``vision``
+    float ``(N, T_a, d_a)`` and ``(N, T_v, d_v)``.
+``audio_lengths``, ``vision_lengths`` (optional)
+    ``(N,)`` number of real steps in the unaligned files. Word-aligned files have no such keys:
+    every sequence then counts as full length.
+``regression_labels``
+    ``(N,)`` or ``(N, 1)`` sentiment scores, in [-3, 3] for MOSI / MOSEI and [-1, 1] for SIMS.
+``classification_labels``, ``id``, ``raw_text`` (optional)
+    alignkit reads ``id`` and ignores the others.
+
+:func:`load_mmsa` turns such a file into a :class:`~alignkit_models.data.base.MultimodalDataset`
+with ``task="regression"``. Padding is assumed to sit at the end of each sequence, which is how
+:func:`~alignkit_models.data.base.collate` builds masks.
+
+Pickles run code when they are loaded: only load MMSA files from sources you trust.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignkit_models.data.base import MultimodalDataset, MultimodalSplit
+
+__all__ = ["DATASET_DIMS", "MODALITIES", "SPLITS", "load_mmsa"]
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
+
+#: Feature widths, padded lengths, split sizes and label ranges of the MMSA releases
+#: (MOSI and MOSEI ``aligned_50.pkl``, CH-SIMS ``unaligned_39.pkl``).
+DATASET_DIMS: dict[str, dict[str, Any]] = {
+    "mosi": {
+        "text": 768,
+        "audio": 5,
+        "vision": 20,
+        "lengths": {"text": 50, "audio": 50, "vision": 50},
+        "sizes": (1284, 229, 686),
+        "label_range": (-3.0, 3.0),
+        "aligned": True,
+    },
+    "mosei": {
+        "text": 768,
+        "audio": 74,
+        "vision": 35,
+        "lengths": {"text": 50, "audio": 50, "vision": 50},
+        "sizes": (16326, 1871, 4659),
+        "label_range": (-3.0, 3.0),
+        "aligned": True,
+    },
+    "sims": {
+        "text": 768,
+        "audio": 33,
+        "vision": 709,
+        "lengths": {"text": 39, "audio": 400, "vision": 55},
+        "sizes": (1368, 456, 457),
+        "label_range": (-1.0, 1.0),
+        "aligned": False,
+    },
+}
+
+_CLEAN_CHUNK = 1024
+
+_TEXT_BERT_HINT = (
+    "this file holds BERT token ids in 'text_bert' (N, 3, L: token ids, attention mask, segment "
+    "ids) but no float 'text' features; alignkit runs on pre-extracted 768-d text features and "
+    "cannot run BERT. Use a feature file with a float 'text' key (N, L, 768), e.g. MMSA's "
+    "aligned_50.pkl / unaligned_50.pkl"
+)
+
+
+def load_mmsa(
+    path: str | os.PathLike[str],
+    *,
+    name: str = "mmsa",
+    modalities: Sequence[str] = MODALITIES,
+) -> MultimodalDataset:
+    """Read an MMSA feature pickle into a regression :class:`MultimodalDataset`.
+
+    Args:
+        path: the ``.pkl`` file. It is read with :func:`pickle.load`, which executes code stored
+            in the file: load only files from trusted sources.
+        name: the data set's name, e.g. ``"mosi"``.
+        modalities: which of ``"text"``, ``"audio"``, ``"vision"`` to keep.
+
+    Returns:
+        The data set; features are float32 ``(N, T, d)``, lengths int64 ``(N,)``, labels float32
+        ``(N,)`` taken from ``regression_labels``.
+
+    Text handling: the float ``text`` key is used. If it is missing (or holds integers) while
+    ``text_bert`` is present, a :class:`ValueError` explains that the file holds token ids only.
+    When both are present, ``text_bert`` is ignored except that its attention mask (row 1)
+    gives the text lengths.
+
+    Lengths come from ``<modality>_lengths`` when present (clipped to ``[0, T]``), else, for
+    text, from the ``text_bert`` attention mask, else every sequence is full length.
+
+    ``-inf``, ``+inf`` and NaN feature values (MOSI's COVAREP audio has ``-inf``) are replaced by
+    0, with one :class:`UserWarning` per call that counts them per split and key.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a dict of splits, or a split lacks a key, has a wrongly
+            shaped array, disagrees on the number of samples, or changes a feature width; the
+            message names the split and key.
+    """
+    modalities = _check_modalities(modalities)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MMSA file not found: {path}")
+    with path.open("rb") as handle:
+        data = pickle.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a pickled dict with keys 'train', 'valid', 'test', "
+            f"received {type(data).__name__}"
+        )
+
+    # Count replacements over the whole file so the user gets one warning, not one per array.
+    replaced: dict[str, int] = {}
+    splits: dict[str, MultimodalSplit] = {}
+    for split in SPLITS:
+        if split not in data:
+            raise ValueError(f"{split!r}: missing split in {path}")
+        raw = data[split]
+        if not isinstance(raw, dict):
+            raise ValueError(f"{split!r}: expected a dict of arrays in {path}, received {type(raw).__name__}")
+        splits[split] = _load_split(raw, split, modalities, replaced)
+
+    _check_widths(splits, modalities)
+    if replaced:
+        detail = ", ".join(f"{where} {count}" for where, count in replaced.items())
+        warnings.warn(
+            f"load_mmsa: replaced {sum(replaced.values())} non-finite feature values "
+            f"(-inf/+inf/NaN) with 0 in {path}: {detail}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return MultimodalDataset(
+        name=name,
+        modalities=modalities,
+        task="regression",
+        train=splits["train"],
+        valid=splits["valid"],
+        test=splits["test"],
+    )
+
+
+def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    # A bare string is a Sequence too; "text" would otherwise become ("t", "e", "x", "t").
+    if isinstance(modalities, str):
+        raise ValueError(f"modalities: expected a sequence of names, received the string {modalities!r}")
+    result = tuple(modalities)
+    if not result:
+        raise ValueError("modalities: expected at least one of 'text', 'audio', 'vision', received none")
+    unknown = [m for m in result if m not in MODALITIES]
+    if unknown:
+        raise ValueError(f"modalities: expected names among {MODALITIES}, received {unknown}")
+    if len(set(result)) != len(result):
+        raise ValueError(f"modalities: expected distinct names, received {result}")
+    return result
+
+
+def _load_split(
+    raw: dict[str, Any], split: str, modalities: tuple[str, ...], replaced: dict[str, int]
+) -> MultimodalSplit:
+    labels = _labels(raw, split)
+    n = len(labels)
+    features: dict[str, np.ndarray] = {}
+    lengths: dict[str, np.ndarray] = {}
+    for m in modalities:
+        if m == "text":
+            _check_text_layout(raw, split)
+        array = _features(raw, split, m, n, replaced)
+        features[m] = array
+        lengths[m] = _lengths(raw, split, m, n, array.shape[1])
+    return MultimodalSplit(features=features, lengths=lengths, labels=labels, ids=_ids(raw, split, n))
+
+
+def _labels(raw: dict[str, Any], split: str) -> np.ndarray:
+    if "regression_labels" not in raw:
+        raise ValueError(f"{split}['regression_labels']: missing key (alignkit reads MMSA files as regression)")
+    labels = np.asarray(raw["regression_labels"])
+    # MMSA stores MOSI/MOSEI labels as (N, 1) in some releases and (N,) in others.
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"{split}['regression_labels']: expected shape (N,) or (N, 1), received {labels.shape}")
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"{split}['regression_labels']: expected numbers, received dtype {labels.dtype}")
+    labels = labels.astype(np.float32)
+    if not np.isfinite(labels).all():
+        # Labels are not silently zeroed like features: a wrong target corrupts every metric.
+        raise ValueError(f"{split}['regression_labels']: contains {int((~np.isfinite(labels)).sum())} non-finite values")
+    return labels
+
+
+def _check_text_layout(raw: dict[str, Any], split: str) -> None:
+    text = raw.get("text")
+    text_is_ids = text is not None and np.asarray(text).dtype.kind in "biu"
+    if "text_bert" in raw and (text is None or text_is_ids):
+        raise ValueError(f"{split}['text']: {_TEXT_BERT_HINT}")
+    if text_is_ids:
+        raise ValueError(
+            f"{split}['text']: expected float features (N, L, 768), received an integer array of "
+            f"shape {np.shape(text)}, which looks like token ids; alignkit cannot run BERT"
+        )
+
+
+def _features(raw: dict[str, Any], split: str, key: str, n: int, replaced: dict[str, int]) -> np.ndarray:
+    if key not in raw:
+        raise ValueError(f"{split}[{key!r}]: missing key")
+    array = np.asarray(raw[key])
+    if array.ndim != 3:
+        raise ValueError(f"{split}[{key!r}]: expected a 3-D array (N, T, d), received shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{split}[{key!r}]: expected numbers, received dtype {array.dtype}")
+    if array.shape[0] != n:
+        raise ValueError(
+            f"{split}[{key!r}]: {array.shape[0]} samples, but {split}['regression_labels'] has {n}"
+        )
+    # The arrays come from our own pickle.load, so cleaning them in place is safe and spares a
+    # second copy of MOSEI's ~3.5 GB of text features.
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not array.flags.writeable:
+        array = array.copy()
+    count = 0
+    # Chunked so the boolean mask stays small even for MOSEI-sized arrays.
+    for start in range(0, len(array), _CLEAN_CHUNK):
+        chunk = array[start : start + _CLEAN_CHUNK]
+        bad = ~np.isfinite(chunk)
+        chunk_count = int(bad.sum())
+        if chunk_count:
+            chunk[bad] = 0.0
+            count += chunk_count
+    if count:
+        replaced[f"{split}[{key!r}]"] = count
+    return array
+
+
+def _lengths(raw: dict[str, Any], split: str, modality: str, n: int, steps: int) -> np.ndarray:
+    key = f"{modality}_lengths"
+    if key in raw:
+        return _as_lengths(raw[key], f"{split}[{key!r}]", n, steps)
+    if modality == "text" and "text_bert" in raw:
+        tokens = np.asarray(raw["text_bert"])
+        where = f"{split}['text_bert']"
+        if tokens.ndim != 3 or tokens.shape[1] != 3:
+            raise ValueError(f"{where}: expected shape (N, 3, L) (ids, attention mask, segment ids), received {tokens.shape}")
+        return _as_lengths(tokens[:, 1, :].sum(axis=-1), where, n, steps)
+    return np.full(n, steps, dtype=np.int64)
+
+
+def _as_lengths(values: Any, where: str, n: int, steps: int) -> np.ndarray:
+    lengths = np.asarray(values)
+    if lengths.ndim == 2 and lengths.shape[1] == 1:
+        lengths = lengths[:, 0]
+    if lengths.shape != (n,):
+        raise ValueError(f"{where}: expected shape ({n},), received {lengths.shape}")
+    if lengths.dtype.kind == "f":
+        if not (np.isfinite(lengths).all() and (lengths == np.round(lengths)).all()):
+            raise ValueError(f"{where}: expected whole numbers of steps")
+    elif lengths.dtype.kind not in "biu":
+        raise ValueError(f"{where}: expected integers, received dtype {lengths.dtype}")
+    return np.clip(lengths.astype(np.int64), 0, steps)
+
+
+def _ids(raw: dict[str, Any], split: str, n: int) -> list[str]:
+    if "id" not in raw:
+        return [f"{split}_{i}" for i in range(n)]
+    ids = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(raw["id"]).reshape(-1)]
+    if len(ids) != n:
+        raise ValueError(f"{split}['id']: {len(ids)} ids, but {split}['regression_labels'] has {n}")
+    return ids
+
+
+def _check_widths(splits: dict[str, MultimodalSplit], modalities: tuple[str, ...]) -> None:
+    for m in modalities:
+        width = splits["train"].features[m].shape[-1]
+        for split in SPLITS[1:]:
+            other = splits[split].features[m].shape[-1]
+            if other != width:
+                raise ValueError(
+                    f"{split}[{m!r}]: feature width {other} differs from train[{m!r}] width {width}"
+                )
