@@ -278,6 +278,12 @@ def test_input_with_a_missing_dimension_is_rejected_naming_the_argument(slot: Sl
         slot(lambda t: t.reshape(-1) if t.ndim >= 2 else t[0])
 
 
+@pytest.mark.parametrize("slot", _slots())
+def test_zero_dim_input_is_rejected_naming_the_argument(slot: Slot) -> None:
+    with pytest.raises(ValueError, match=naming(slot.argument)):
+        slot(lambda t: t.sum())
+
+
 # --------------------------------------------------------------------------- mixed dtypes and devices
 
 
