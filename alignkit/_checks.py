@@ -64,6 +64,8 @@ def check_tensor(
         if x.ndim not in allowed:
             shape_word = " or ".join(f"{n}-D" for n in allowed)
             raise ValueError(f"{name}: expected a {shape_word} tensor, received shape {tuple(x.shape)}")
+    if x.ndim == 0:
+        raise ValueError(f"{name}: expected at least a 1-D tensor, received a 0-dim tensor")
     if x.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty tensor, received shape {tuple(x.shape)}")
     rows_axis = -2 if (ndim is not None and x.ndim >= 2) else 0
@@ -72,13 +74,14 @@ def check_tensor(
             f"{name}: expected at least {min_rows} samples along dim {rows_axis}, "
             f"received shape {tuple(x.shape)}"
         )
-    if check_values and _CHECK_VALUES and not bool(torch.isfinite(x).all()):
+    # Meta tensors have no values; their device mismatch is reported by check_same_kind.
+    if check_values and _CHECK_VALUES and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: expected finite values, received NaN or Inf")
     return x
 
 
-def check_same_kind(tensors: dict[str, Tensor]) -> None:
-    """Check that all named tensors share one device and one dtype."""
+def check_same_kind(tensors: dict[str, Tensor], *, dtype: bool = True) -> None:
+    """Check that all named tensors share one device and (unless ``dtype=False``) one dtype."""
     items = list(tensors.items())
     first_name, first = items[0]
     for name, t in items[1:]:
@@ -86,7 +89,7 @@ def check_same_kind(tensors: dict[str, Tensor]) -> None:
             raise ValueError(
                 f"{name}: expected device {first.device} (the device of {first_name}), received {t.device}"
             )
-        if t.dtype != first.dtype:
+        if dtype and t.dtype != first.dtype:
             raise ValueError(
                 f"{name}: expected dtype {first.dtype} (the dtype of {first_name}), received {t.dtype}"
             )

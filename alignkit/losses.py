@@ -198,8 +198,9 @@ class PrototypeOTLoss(nn.Module):
         components = {"ot": result.value}
         total = self.ot_weight * result.value
         if self.proto_weight > 0:
+            # Mixtures fitted on half-precision features are float32: meet them in their dtype.
             proto = prototype_calibration_loss(
-                features,
+                [f.to(mixtures[0].means.dtype) for f in features],
                 [mixture.responsibilities for mixture in mixtures],
                 [mixture.means for mixture in mixtures],
                 plan=result.plan.detach() if self.matching == "plan" else None,

@@ -61,7 +61,11 @@ def median_bandwidth(x: Tensor, y: Tensor) -> Tensor:
             rows = torch.linspace(0, pooled.shape[0] - 1, MEDIAN_MAX_SAMPLES, device=pooled.device)
             pooled = pooled[rows.round().long()]
         distances = torch.pdist(pooled)
-        return torch.quantile(distances, 0.5).clamp_min(torch.finfo(pooled.dtype).eps)
+        # numpy's median by two selections (linear time; torch.quantile sorts, ~6x slower here).
+        n = distances.numel()
+        upper = torch.kthvalue(distances, n // 2 + 1).values
+        median = upper if n % 2 else 0.5 * (upper + torch.kthvalue(distances, n // 2).values)
+        return median.clamp_min(torch.finfo(pooled.dtype).eps)
 
 
 def _bandwidths(sigma: Bandwidth, x: Tensor, y: Tensor) -> Tensor:

@@ -7,8 +7,8 @@ closed-form derivative that needs no gaps: from ``X X = A``, in the eigenbasis `
     dX = U [ (U^T dA U)_ij / (sqrt(s_i) + sqrt(s_j)) ] U^T,
 
 which is finite for repeated eigenvalues. Only ``s_i = s_j = 0`` (a singular matrix) makes the
-denominator vanish; there it is floored at ``sqrt(eps_dtype) * max_i sqrt(s_i)``, which bounds the
-gradient without changing the value.
+denominator vanish; it is floored at ``sqrt(eps_dtype) * max(max_i sqrt(s_i), 1)``, which bounds
+the gradient without changing the value.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from torch import Tensor
 from alignkit._checks import check_tensor, compute_dtype, full_precision
 
 
-def _denominator_floor(root: Tensor) -> Tensor:
-    """Smallest allowed ``sqrt(s_i) + sqrt(s_j)``, per matrix: ``(..., 1, 1)``."""
-    eps = torch.finfo(root.dtype).eps
-    scale = root.amax(-1, keepdim=True).unsqueeze(-1)
-    return eps**0.5 * scale + torch.finfo(root.dtype).tiny
+def _gradient_floor(root: Tensor) -> Tensor:
+    """Smallest allowed ``sqrt(s_i) + sqrt(s_j)``, per matrix: ``(..., 1)``.
+
+    ``sqrt(eps) * max(largest root, 1)``: relative for large matrices, absolute near zero, so
+    that an all-zero covariance still has a bounded gradient (``<= 1 / sqrt(eps)``).
+    """
+    return torch.finfo(root.dtype).eps ** 0.5 * root.amax(-1, keepdim=True).clamp_min(1.0)
 
 
 class _SqrtmPSD(torch.autograd.Function):
@@ -39,7 +41,7 @@ class _SqrtmPSD(torch.autograd.Function):
         eigenvectors, root = ctx.saved_tensors
         grad = 0.5 * (grad + grad.mT)
         in_basis = eigenvectors.mT @ grad @ eigenvectors
-        denominator = (root.unsqueeze(-1) + root.unsqueeze(-2)).clamp_min(_denominator_floor(root))
+        denominator = (root.unsqueeze(-1) + root.unsqueeze(-2)).clamp_min(_gradient_floor(root).unsqueeze(-1))
         return eigenvectors @ (in_basis / denominator) @ eigenvectors.mT
 
 
@@ -78,8 +80,7 @@ class _SqrtDiagonal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         (root,) = ctx.saved_tensors
-        floor = torch.finfo(root.dtype).eps ** 0.5 * root.amax(-1, keepdim=True) + torch.finfo(root.dtype).tiny
-        return grad / (2.0 * root).clamp_min(floor)
+        return grad / (2.0 * root).clamp_min(_gradient_floor(root))
 
 
 def sqrt_diagonal(variances: Tensor) -> Tensor:

@@ -109,6 +109,7 @@ def prototype_calibration_loss(
         if plan is None:
             raise ValueError("plan: expected the OT plan for matching='plan', received None")
         check_tensor(plan, "plan")
+        check_same_kind({"features[0]": features[0], "plan": plan}, dtype=False)  # a plan of any float dtype will do
         if tuple(plan.shape) != tuple(sizes):
             raise ValueError(f"plan: expected shape {tuple(sizes)} (components per modality), received {tuple(plan.shape)}")
 

@@ -10,6 +10,7 @@ device (a second device that exists on every machine).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -67,10 +68,15 @@ def _gaussian_mmd(target: str, corrupt: Corrupt) -> object:
     return gaussian_mmd(args["x"], args["y"], 1.0)
 
 
-def _features(target: int, corrupt: Corrupt, n_modalities: int = 3) -> list[Tensor]:
-    features = [_samples(10 - m) for m in range(n_modalities)]
-    features[target] = corrupt(features[target])
-    return features
+def _on_features(function: Callable[[list[Tensor]], object]) -> Callable[[str, Corrupt], object]:
+    """Call ``function`` on three modalities ``features[0..2]``, the ``target`` one corrupted."""
+
+    def call(target: str, corrupt: Corrupt) -> object:
+        features = {f"features[{m}]": _samples(10 - m) for m in range(3)}
+        features[target] = corrupt(features[target])
+        return function(list(features.values()))
+
+    return call
 
 
 def _decoupling(target: str, corrupt: Corrupt) -> object:
@@ -105,10 +111,14 @@ def _sqrtm(target: str, corrupt: Corrupt) -> object:
 
 
 def _joint_cost(target: str, corrupt: Corrupt) -> object:
-    costs = {(0, 1): torch.rand(2, 3, dtype=F64), (0, 2): torch.rand(2, 4, dtype=F64), (1, 2): torch.rand(3, 4, dtype=F64)}
+    costs = _pairwise_costs(2, 3, 4)
     key = {"pairwise_costs[0, 1]": (0, 1), "pairwise_costs[0, 2]": (0, 2), "pairwise_costs[1, 2]": (1, 2)}[target]
     costs[key] = corrupt(costs[key])
     return joint_cost_tensor(costs)
+
+
+def _pairwise_costs(*sizes: int) -> dict[tuple[int, int], Tensor]:
+    return {(i, j): torch.rand(sizes[i], sizes[j], dtype=F64) for i, j in itertools.combinations(range(len(sizes)), 2)}
 
 
 def _sinkhorn(target: str, corrupt: Corrupt) -> object:
@@ -170,9 +180,11 @@ class Slot:
     reference: bool = False
     """The first tensor of its call: mixed device/dtype errors name the *other* tensor."""
     takes_a_batch: bool = False
-    """An extra leading dimension is valid (a batch, or a (B, d) -> (B, T, d) sequence), not a rank error."""
+    """An extra leading dimension is valid (a batch, or (B, d) -> (B, T, d)), not a rank error."""
     cast_on_purpose: bool = False
-    """Converted to the dtype of the main input by design (see test_mixed_dtypes_...)."""
+    """Converted to the compute dtype instead of checked: fit_gmm's ``*_init`` (running prototypes
+    kept in float32 start fits on half inputs) and the calibration ``plan`` (a float32 OT result
+    used with half features). Devices are still checked for these."""
 
     def __call__(self, corrupt: Corrupt) -> object:
         return self.call(self.argument, corrupt)
@@ -186,14 +198,9 @@ SLOTS = [
     Slot("gaussian_mmd", "x", _gaussian_mmd, reference=True),
     Slot("gaussian_mmd", "y", _gaussian_mmd),
     *(
-        Slot(
-            name,
-            f"features[{m}]",
-            (lambda fn: lambda arg, corrupt: fn(_features(int(arg[-2]), corrupt)))(fn),
-            reference=m == 0,
-        )
-        for name, fn in [("multimodal_mmd", multimodal_mmd), ("moment_matching_loss", moment_matching_loss)]
-        for m in (0, 2)
+        Slot(name, arg, _on_features(function), reference=arg == "features[0]")
+        for name, function in [("multimodal_mmd", multimodal_mmd), ("moment_matching_loss", moment_matching_loss)]
+        for arg in ("features[0]", "features[2]")
     ),
     Slot("feature_moments", "x", lambda arg, corrupt: feature_moments(corrupt(_samples())), reference=True),
     *(
@@ -216,7 +223,10 @@ SLOTS = [
         for arg in ("cost", "marginals[0]", "marginals[2]")
     ),
     *(
-        Slot("prototype_calibration_loss", arg, _calibration, reference=arg == "features[0]", cast_on_purpose=arg == "plan")
+        Slot(
+            "prototype_calibration_loss", arg, _calibration,
+            reference=arg == "features[0]", cast_on_purpose=arg == "plan"
+        )
         for arg in ("features[0]", "features[1]", "responsibilities[1]", "means[0]", "means[1]", "plan")
     ),
     Slot("fit_gmm", "x", _fit_gmm, reference=True, takes_a_batch=True),
@@ -311,7 +321,9 @@ WIDTH_MISMATCHES = {
     "decoupling_loss": ("common[0]", lambda: decoupling_loss(_samples(10, 3), _samples(10, 4))),
     "bures_wasserstein_cost": (
         "means_b",
-        lambda: bures_wasserstein_cost(_samples(2, 3), torch.ones(2, 3, dtype=F64), _samples(2, 4), torch.ones(2, 4, dtype=F64)),
+        lambda: bures_wasserstein_cost(
+            _samples(2, 3), torch.ones(2, 3, dtype=F64), _samples(2, 4), torch.ones(2, 4, dtype=F64)
+        ),
     ),
     "prototype_calibration_loss": (
         "means[1]",
@@ -393,13 +405,13 @@ def test_multi_marginal_sinkhorn_refuses_a_cost_tensor_above_max_elements() -> N
 
 
 def test_joint_cost_tensor_refuses_a_joint_tensor_above_max_elements() -> None:
-    costs = {(0, 1): torch.rand(4, 5, dtype=F64), (0, 2): torch.rand(4, 6, dtype=F64), (1, 2): torch.rand(5, 6, dtype=F64)}
+    costs = _pairwise_costs(4, 5, 6)
     with pytest.raises(ValueError, match="max_elements"):
         joint_cost_tensor(costs, max_elements=119)
 
 
 def test_memory_guard_accepts_a_cost_tensor_of_exactly_max_elements() -> None:
-    costs = {(0, 1): torch.rand(4, 5, dtype=F64), (0, 2): torch.rand(4, 6, dtype=F64), (1, 2): torch.rand(5, 6, dtype=F64)}
+    costs = _pairwise_costs(4, 5, 6)
     cost = joint_cost_tensor(costs, max_elements=120)
     result = multi_marginal_sinkhorn(cost, [_histogram(4), _histogram(5), _histogram(6)], 0.5, max_elements=120)
     assert result.plan.shape == (4, 5, 6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from alignkit_models.metrics import (
     mosi_metrics,
     sims_metrics,
 )
+
+MetricFn = Callable[..., dict[str, float]]
 
 # ---------------------------------------------------------------------------------------------
 # MOSI / MOSEI
@@ -52,14 +55,16 @@ def test_corr_is_zero_when_labels_are_constant() -> None:
 
 
 def test_acc7_rounds_half_to_even() -> None:
-    # pred -> rounded vs label -> rounded:
-    #   0.5 -> 0 vs 0 -> 0   hit
-    #   1.5 -> 2 vs 2 -> 2   hit
-    #   2.5 -> 2 vs 3 -> 3   miss (half-up rounding would hit)
-    #  -0.5 -> -0 vs -1 -> -1 miss (half-away-from-zero would hit)
-    #   2.0 -> 2 vs 2.5 -> 2 hit (labels are rounded too)
-    out = mosi_metrics([0.5, 1.5, 2.5, -0.5, 2.0], [0.0, 2.0, 3.0, -1.0, 2.5])
-    assert out["acc7"] == pytest.approx(3 / 5)
+    # pred -> rounded vs label -> rounded (half-up / half-away-from-zero would miss the ties):
+    #   0.5 -> 0  vs 0 -> 0     hit   (half-up: 1)
+    #   1.5 -> 2  vs 2 -> 2     hit
+    #   2.5 -> 2  vs 2 -> 2     hit   (half-up: 3)
+    #  -0.5 -> -0 vs 0 -> 0     hit   (away from zero: -1)
+    #  -2.5 -> -2 vs -2 -> -2   hit   (away from zero: -3)
+    #   2.0 -> 2  vs 2.5 -> 2   hit   (labels are rounded too; half-up: 3)
+    #   1.0 -> 1  vs 2 -> 2     miss
+    out = mosi_metrics([0.5, 1.5, 2.5, -0.5, -2.5, 2.0, 1.0], [0.0, 2.0, 2.0, 0.0, -2.0, 2.5, 2.0])
+    assert out["acc7"] == pytest.approx(6 / 7)
 
 
 def test_acc7_clips_to_plus_minus_three_before_rounding() -> None:
@@ -77,36 +82,37 @@ def test_acc5_clips_to_plus_minus_two_before_rounding() -> None:
     assert out["acc7"] == pytest.approx(1 / 4)
 
 
-# labels 1, -1, 0, 0, 2 and predictions 0.5, 0.2, -0.3, 0.0, -1.0
-ACC2_PREDS = [0.5, 0.2, -0.3, 0.0, -1.0]
-ACC2_LABELS = [1.0, -1.0, 0.0, 0.0, 2.0]
+#            idx:   0     1     2    3    4     5    6
+ACC2_PREDS = [0.5, 0.2, 0.3, 0.0, 1.0, 0.0, 0.4]
+ACC2_LABELS = [1.0, -1.0, 0.0, 0.0, 2.0, -2.0, 0.0]
 
 
 def test_acc2_nonzero_drops_zero_labels_and_splits_at_greater_than_zero() -> None:
-    # Kept: samples 0, 1, 4. truth >0 = [T, F, T], pred >0 = [T, T, F] -> 1 of 3.
-    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["acc2_nonzero"] == pytest.approx(1 / 3)
+    # Kept: 0, 1, 4, 5. truth >0 = [T, F, T, F], pred >0 = [T, T, T, F] -> hits 0, 4, 5 = 3/4.
+    # (Sample 5 predicts exactly 0 for a negative label: a hit only because 0 is not > 0.)
+    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["acc2_nonzero"] == pytest.approx(3 / 4)
 
 
 def test_acc2_haszero_counts_zero_as_non_negative() -> None:
-    # truth >=0 = [T, F, T, T, T], pred >=0 = [T, T, F, T, F]: hits at 0 and 3 (pred exactly 0
-    # against label 0) -> 2 of 5.
-    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["acc2_haszero"] == pytest.approx(2 / 5)
+    # truth >=0 = [T, F, T, T, T, F, T], pred >=0 = all T -> hits 0, 2, 3, 4, 6 = 5/7.
+    # (Labels 0 at 2, 3, 6 are non-negative; the prediction exactly 0 at 3 is too.)
+    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["acc2_haszero"] == pytest.approx(5 / 7)
 
 
 def test_f1_nonzero_is_weighted_f1_of_the_nonzero_subset() -> None:
-    # y_true = [1, 0, 1], y_pred = [1, 1, 0]
-    # class 1: TP 1, FP 1, FN 1 -> P = R = 1/2, F1 = 1/2, support 2
-    # class 0: TP 0             -> F1 = 0,             support 1
-    # weighted = (2 * 1/2 + 1 * 0) / 3 = 1/3
-    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["f1_nonzero"] == pytest.approx(1 / 3)
+    # y_true = [1, 0, 1, 0], y_pred = [1, 1, 1, 0]
+    # class 1: TP 2, FP 1, FN 0 -> P = 2/3, R = 1,   F1 = 4/5, support 2
+    # class 0: TP 1, FP 0, FN 1 -> P = 1,   R = 1/2, F1 = 2/3, support 2
+    # weighted = (2 * 4/5 + 2 * 2/3) / 4 = 11/15
+    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["f1_nonzero"] == pytest.approx(11 / 15)
 
 
 def test_f1_haszero_is_weighted_f1_over_all_samples() -> None:
-    # y_true = [1, 0, 1, 1, 1], y_pred = [1, 1, 0, 1, 0]
-    # class 1: TP 2, FP 1, FN 2 -> P = 2/3, R = 1/2, F1 = (2/3) / (7/6) = 4/7, support 4
-    # class 0: TP 0             -> F1 = 0,                             support 1
-    # weighted = 4 * 4/7 / 5 = 16/35
-    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["f1_haszero"] == pytest.approx(16 / 35)
+    # y_true = [1, 0, 1, 1, 1, 0, 1], y_pred = [1, 1, 1, 1, 1, 1, 1]
+    # class 1: TP 5, FP 2, FN 0 -> P = 5/7, R = 1, F1 = (10/7) / (12/7) = 5/6, support 5
+    # class 0: TP 0             -> F1 = 0,                                support 2
+    # weighted = 5 * 5/6 / 7 = 25/42
+    assert mosi_metrics(ACC2_PREDS, ACC2_LABELS)["f1_haszero"] == pytest.approx(25 / 42)
 
 
 def test_nonzero_metrics_are_nan_when_every_label_is_zero() -> None:
@@ -166,9 +172,14 @@ def test_sims_acc5_bins() -> None:
     # pred 0.75 -> 4, label  1.0 -> 4  hit
     # pred -0.75 -> 0, label -0.9 -> 0 hit
     # pred  0.1 -> 2, label  0.0 -> 2  hit
+    # pred -0.1 -> 1, label -0.3 -> 1  hit
     # pred 0.11 -> 3, label  0.1 -> 2  miss
-    out = sims_metrics([0.7, -0.7, 0.75, -0.75, 0.1, 0.11], [0.5, -1.0, 1.0, -0.9, 0.0, 0.1])
-    assert out["acc5"] == pytest.approx(5 / 6)
+    # pred -0.05 -> 2, label -0.3 -> 1 miss
+    out = sims_metrics(
+        [0.7, -0.7, 0.75, -0.75, 0.1, -0.1, 0.11, -0.05],
+        [0.5, -1.0, 1.0, -0.9, 0.0, -0.3, 0.1, -0.3],
+    )
+    assert out["acc5"] == pytest.approx(6 / 8)
 
 
 def test_sims_f1_is_weighted_f1_of_the_two_class_split() -> None:
@@ -253,19 +264,19 @@ def test_torch_tensors_are_accepted() -> None:
 
 
 @pytest.mark.parametrize("fn", [mosi_metrics, sims_metrics])
-def test_regression_length_mismatch_names_labels_with_expected_and_received(fn) -> None:
+def test_regression_length_mismatch_names_labels_with_expected_and_received(fn: MetricFn) -> None:
     with pytest.raises(ValueError, match=r"labels: expected 3 .*received 2"):
         fn([0.1, 0.2, 0.3], [0.1, 0.2])
 
 
 @pytest.mark.parametrize("fn", [classification_metrics, iemocap_metrics])
-def test_classification_length_mismatch_names_labels(fn) -> None:
+def test_classification_length_mismatch_names_labels(fn: MetricFn) -> None:
     with pytest.raises(ValueError, match=r"labels: expected 2 .*received 3"):
         fn([0, 1], [0, 1, 1])
 
 
 @pytest.mark.parametrize("fn", [mosi_metrics, sims_metrics])
-def test_empty_predictions_raise_naming_predictions(fn) -> None:
+def test_empty_predictions_raise_naming_predictions(fn: MetricFn) -> None:
     with pytest.raises(ValueError, match="predictions"):
         fn([], [])
 
