@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,7 +53,12 @@ def register_model(
 
 
 def _load_zoo() -> None:
-    import alignkit_models.models  # noqa: F401  (importing registers every model)
+    """Import every module of :mod:`alignkit_models.models`; each registers its model(s)."""
+    import alignkit_models.models as zoo
+
+    for module in pkgutil.iter_modules(zoo.__path__):
+        if module.name != "base":
+            importlib.import_module(f"{zoo.__name__}.{module.name}")
 
 
 def list_models() -> list[ModelInfo]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from alignkit_models.data.base import MultimodalDataset, MultimodalSplit
+from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, Task
 
 __all__ = ["DATASET_DIMS", "MODALITIES", "SPLITS", "load_mmsa"]
 
@@ -92,18 +92,20 @@ def load_mmsa(
     *,
     name: str = "mmsa",
     modalities: Sequence[str] = MODALITIES,
+    task: Task = "regression",
 ) -> MultimodalDataset:
-    """Read an MMSA feature pickle into a regression :class:`MultimodalDataset`.
+    """Read an MMSA feature pickle into a :class:`MultimodalDataset`.
 
     Args:
         path: the ``.pkl`` file. It is read with :func:`pickle.load`, which executes code stored
             in the file: load only files from trusted sources.
         name: the data set's name, e.g. ``"mosi"``.
         modalities: which of ``"text"``, ``"audio"``, ``"vision"`` to keep.
+        task: ``"regression"`` reads ``regression_labels`` (float32); ``"classification"``
+            reads ``classification_labels`` as int64 class indices (e.g. IEMOCAP's six emotions).
 
     Returns:
-        The data set; features are float32 ``(N, T, d)``, lengths int64 ``(N,)``, labels float32
-        ``(N,)`` taken from ``regression_labels``.
+        The data set; features are float32 ``(N, T, d)``, lengths int64 ``(N,)``, labels ``(N,)``.
 
     Text handling: the float ``text`` key is used. If it is missing (or holds integers) while
     ``text_bert`` is present, a :class:`ValueError` explains that the file holds token ids only.
@@ -122,15 +124,30 @@ def load_mmsa(
             shaped array, disagrees on the number of samples, or changes a feature width; the
             message names the split and key.
     """
-    modalities = _check_modalities(modalities)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MMSA file not found: {path}")
     with path.open("rb") as handle:
         data = pickle.load(handle)
+    return mmsa_dataset(data, name=name, modalities=modalities, task=task, source=str(path))
+
+
+def mmsa_dataset(
+    data: Any,
+    *,
+    name: str = "mmsa",
+    modalities: Sequence[str] = MODALITIES,
+    task: Task = "regression",
+    source: str = "<memory>",
+) -> MultimodalDataset:
+    """:func:`load_mmsa` on an MMSA dict already in memory (e.g. from the synthetic generator).
+
+    ``source`` names the data in messages. The dict's arrays may be modified in place.
+    """
+    modalities = _check_modalities(modalities)
     if not isinstance(data, dict):
         raise ValueError(
-            f"{path}: expected a pickled dict with keys 'train', 'valid', 'test', "
+            f"{source}: expected a pickled dict with keys 'train', 'valid', 'test', "
             f"received {type(data).__name__}"
         )
 
@@ -139,28 +156,32 @@ def load_mmsa(
     splits: dict[str, MultimodalSplit] = {}
     for split in SPLITS:
         if split not in data:
-            raise ValueError(f"{split!r}: missing split in {path}")
+            raise ValueError(f"{split!r}: missing split in {source}")
         raw = data[split]
         if not isinstance(raw, dict):
-            raise ValueError(f"{split!r}: expected a dict of arrays in {path}, received {type(raw).__name__}")
-        splits[split] = _load_split(raw, split, modalities, replaced)
+            raise ValueError(f"{split!r}: expected a dict of arrays in {source}, received {type(raw).__name__}")
+        splits[split] = _load_split(raw, split, modalities, replaced, task)
 
     _check_widths(splits, modalities)
     if replaced:
         detail = ", ".join(f"{where} {count}" for where, count in replaced.items())
         warnings.warn(
             f"load_mmsa: replaced {sum(replaced.values())} non-finite feature values "
-            f"(-inf/+inf/NaN) with 0 in {path}: {detail}",
+            f"(-inf/+inf/NaN) with 0 in {source}: {detail}",
             UserWarning,
             stacklevel=2,
         )
+    n_classes = None
+    if task == "classification":
+        n_classes = 1 + max(int(s.labels.max()) for s in splits.values())
     return MultimodalDataset(
         name=name,
         modalities=modalities,
-        task="regression",
+        task=task,
         train=splits["train"],
         valid=splits["valid"],
         test=splits["test"],
+        n_classes=n_classes,
     )
 
 
@@ -180,9 +201,9 @@ def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
 
 
 def _load_split(
-    raw: dict[str, Any], split: str, modalities: tuple[str, ...], replaced: dict[str, int]
+    raw: dict[str, Any], split: str, modalities: tuple[str, ...], replaced: dict[str, int], task: Task
 ) -> MultimodalSplit:
-    labels = _labels(raw, split)
+    labels = _labels(raw, split, task)
     n = len(labels)
     features: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
@@ -195,21 +216,22 @@ def _load_split(
     return MultimodalSplit(features=features, lengths=lengths, labels=labels, ids=_ids(raw, split, n))
 
 
-def _labels(raw: dict[str, Any], split: str) -> np.ndarray:
-    if "regression_labels" not in raw:
-        raise ValueError(f"{split}['regression_labels']: missing key (alignkit reads MMSA files as regression)")
-    labels = np.asarray(raw["regression_labels"])
+def _labels(raw: dict[str, Any], split: str, task: Task) -> np.ndarray:
+    key = "regression_labels" if task == "regression" else "classification_labels"
+    if key not in raw:
+        raise ValueError(f"{split}[{key!r}]: missing key (needed for task={task!r})")
+    labels = np.asarray(raw[key])
     # MMSA stores MOSI/MOSEI labels as (N, 1) in some releases and (N,) in others.
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise ValueError(f"{split}['regression_labels']: expected shape (N,) or (N, 1), received {labels.shape}")
+        raise ValueError(f"{split}[{key!r}]: expected shape (N,) or (N, 1), received {labels.shape}")
     if labels.dtype.kind not in "biuf":
-        raise ValueError(f"{split}['regression_labels']: expected numbers, received dtype {labels.dtype}")
-    labels = labels.astype(np.float32)
+        raise ValueError(f"{split}[{key!r}]: expected numbers, received dtype {labels.dtype}")
     if not np.isfinite(labels).all():
         # Labels are not silently zeroed like features: a wrong target corrupts every metric.
-        raise ValueError(f"{split}['regression_labels']: contains {int((~np.isfinite(labels)).sum())} non-finite values")
+        raise ValueError(f"{split}[{key!r}]: contains {int((~np.isfinite(labels)).sum())} non-finite values")
+    labels = labels.astype(np.float32 if task == "regression" else np.int64)
     return labels
 
 

@@ -80,7 +80,9 @@ class PairwiseCrossModal(nn.Module):
         readout: dict[str, Tensor] = {}
         for target in self.modalities:
             attended = [
-                self.cross[self.pair_key(target, source)](sequences[target], sequences[source], source_mask=masks[source])
+                self.cross[self.pair_key(target, source)](
+                    sequences[target], sequences[source], source_mask=masks[source]
+                )
                 for source in self.modalities
                 if source != target
             ]

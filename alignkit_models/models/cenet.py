@@ -162,7 +162,8 @@ class CENet(MultimodalModel):
         masks = self.check_inputs(features, masks)
         text = self.embed(zero_padding(features[self.centre], masks[self.centre]))
         text = torch.cat([self.first_token.expand(text.shape[0], -1, -1), text], 1)
-        text = self.embed_dropout(self.embed_norm(text + sinusoidal_positions(text.shape[1], text.shape[2], text.device)))
+        positions = sinusoidal_positions(text.shape[1], text.shape[2], text.device)
+        text = self.embed_dropout(self.embed_norm(text + positions))
         first_real = torch.ones_like(masks[self.centre][:, :1])
         padding = ~torch.cat([first_real, masks[self.centre]], 1)
         others = {m: features[m] for m in self.modalities if m != self.centre}

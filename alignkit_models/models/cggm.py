@@ -155,11 +155,16 @@ class CGGM(MultimodalModel):
             "embed_dropout": embed_dropout,
         }
         self.projections = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.input_dims.items()})
-        self.encoders = nn.ModuleDict({m: CrossModalEncoder(dim, n_heads, n_layers, **dropouts) for m in self.modalities})
+        self.encoders = nn.ModuleDict(
+            {m: CrossModalEncoder(dim, n_heads, n_layers, **dropouts) for m in self.modalities}
+        )
         self.fusion = CrossModalEncoder(dim, n_heads, max(n_layers - 2, 1), **dropouts)
         self.head = ResidualHead(dim, self.output_dim, out_dropout)
         self.classifiers = nn.ModuleDict(
-            {m: _GuidanceClassifier(dim, self.output_dim, n_heads, classifier_layers, dropouts) for m in self.modalities}
+            {
+                m: _GuidanceClassifier(dim, self.output_dim, n_heads, classifier_layers, dropouts)
+                for m in self.modalities
+            }
         )
         self.register_buffer("previous_accuracy", torch.zeros(len(self.modalities)))
 
@@ -174,7 +179,9 @@ class CGGM(MultimodalModel):
             m: self.encoders[m](self.projections[m](zero_padding(features[m], masks[m])), source_mask=masks[m])
             for m in self.modalities
         }
-        joined, joined_mask = concat_real_steps([encoded[m] for m in self.modalities], [masks[m] for m in self.modalities])
+        joined, joined_mask = concat_real_steps(
+            [encoded[m] for m in self.modalities], [masks[m] for m in self.modalities]
+        )
         summary = self.fusion(joined, source_mask=joined_mask)[:, 0]
         hidden = self.head.hidden(summary)
         logits = self.head.out(hidden)
@@ -210,6 +217,7 @@ class CGGM(MultimodalModel):
             fusion = self.head.out.weight
         direction = direction_loss(coefficients, unimodal, fusion)
         output.components.update({f"classifier_{m}": loss for m, loss in losses.items()})
+        output.components.update({f"accuracy_{m}": a for m, a in zip(self.modalities, accuracy)})
         output.components.update({f"balance_{m}": c for m, c in zip(self.modalities, coefficients)})
         output.components["direction"] = direction
         output.aux_losses["classifiers"] = torch.stack(list(losses.values())).sum()

@@ -85,7 +85,7 @@ class CubeBlock(nn.Module):
 
 
 class GRUEncoder(nn.Module):
-    """2-layer bidirectional GRU over the real steps, directions summed, LayerNorm, ReLU: ``(B, T, d) -> (B, T, d_c)``."""
+    """2-layer BiGRU over the real steps, directions summed, LayerNorm, ReLU: ``(B, T, d) -> (B, T, d_c)``."""
 
     def __init__(self, in_dim: int, channels: int) -> None:
         super().__init__()
@@ -160,7 +160,10 @@ class CubeMLP(MultimodalModel):
         if pooled_dim <= HEAD_DIRECT_MAX:
             return nn.Linear(pooled_dim, self.output_dim)
         return nn.Sequential(
-            nn.Linear(pooled_dim, HEAD_DIRECT_MAX), nn.ReLU(), nn.Dropout(dropout), nn.Linear(HEAD_DIRECT_MAX, self.output_dim)
+            nn.Linear(pooled_dim, HEAD_DIRECT_MAX),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(HEAD_DIRECT_MAX, self.output_dim),
         )
 
     def _encode(self, m: str, x: Tensor, mask: Tensor) -> Tensor:

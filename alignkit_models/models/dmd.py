@@ -234,7 +234,9 @@ class DMD(MultimodalModel):
             "future_mask": future_mask,
         }
         self.text_dropout = nn.Dropout(text_dropout)
-        self.projections = nn.ModuleDict({m: TemporalProjection(d, dim, kernel_size) for m, d in self.input_dims.items()})
+        self.projections = nn.ModuleDict(
+            {m: TemporalProjection(d, dim, kernel_size) for m, d in self.input_dims.items()}
+        )
         # decoupling: 1x1 maps = per-step Linear layers
         self.private = nn.ModuleDict({m: nn.Linear(dim, dim) for m in mods})
         self.common = nn.Linear(dim, dim)
@@ -242,7 +244,9 @@ class DMD(MultimodalModel):
         # homogeneous branch
         self.homo_heads = nn.ModuleDict({m: ResidualHead(dim, self.output_dim, out_dropout) for m in mods})
         self.margin_projections = nn.ModuleDict({m: nn.Linear(dim, dim) for m in mods})
-        self.common_encoders = nn.ModuleDict({m: CrossModalEncoder(dim, n_heads, n_layers, **transformer) for m in mods})
+        self.common_encoders = nn.ModuleDict(
+            {m: CrossModalEncoder(dim, n_heads, n_layers, **transformer) for m in mods}
+        )
         common_dim = len(mods) * dim
         self.common_head = ResidualHead(common_dim, self.output_dim, out_dropout)
         # heterogeneous branch
@@ -345,7 +349,7 @@ class DMD(MultimodalModel):
             recon.append(masked_mse(rebuilt, projected[m], masks[m]))
             cycle.append(masked_mse(self.private[m](rebuilt), private[m], masks[m]))
         codes = torch.cat([self.margin_projections[m](pooled[m]) for m in mods])  # (M B, d), modality-major
-        code_labels = labels.repeat(len(mods))
+        code_labels = labels.reshape(-1).repeat(len(mods))
         if self.task == "classification":
             margins = torch.full((len(codes), len(codes)), self.margin, device=codes.device)
         else:

@@ -161,7 +161,7 @@ class MFM(MultimodalModel):
 
     Args:
         input_dims, task, n_classes, regression_loss: see :class:`MultimodalModel`.
-        hidden_dim: LSTM width of the MFN cells and the generative encoders.
+        hidden_dim: width of the MFN cells, their small MLPs, the generative encoders and the head.
         memory_dim: MFN memory width.
         zy_dim, z_dim: widths of ``z_y`` and of each ``z_m``.
         fy_dim, f_dim: widths of ``f_y`` and of each ``f_m``.
@@ -216,8 +216,9 @@ class MFM(MultimodalModel):
             code = torch.cat([f_y, self.private_maps[m](z_m)], dim=-1)
             reconstruction_terms[m] = masked_mse(self.decoders[m](code, mask.shape[1]), aligned[m], mask)
             mmd_terms[m] = mfm_mmd(z_m, torch.randn_like(z_m))
+        weighted = [self.reconstruction_weights[m] * error for m, error in reconstruction_terms.items()]
         aux_losses = {
-            "reconstruction": torch.stack([self.reconstruction_weights[m] * e for m, e in reconstruction_terms.items()]).sum(),
+            "reconstruction": torch.stack(weighted).sum(),
             "mmd": self.mmd_weight * torch.stack(list(mmd_terms.values())).sum(),
         }
         components = {f"reconstruction_{m}": e for m, e in reconstruction_terms.items()}

@@ -175,7 +175,9 @@ class MISA(MultimodalModel):
             output.aux_losses.update({name: self.loss_weights[name] * value for name, value in components.items()})
         return output
 
-    def _auxiliary_terms(self, utterances: Mapping[str, Tensor], private: Sequence[Tensor], shared: Sequence[Tensor]) -> dict[str, Tensor]:
+    def _auxiliary_terms(
+        self, utterances: Mapping[str, Tensor], private: Sequence[Tensor], shared: Sequence[Tensor]
+    ) -> dict[str, Tensor]:
         """Unweighted ``sim`` (CMD), ``diff`` and ``recon`` from ``(B, d_h)`` vectors."""
         sim = torch.stack(
             [central_moment_discrepancy(a, b, self.n_moments) for a, b in itertools.combinations(shared, 2)]

@@ -27,9 +27,11 @@ Where our version departs from the paper:
   per-batch class means instead of means over the whole stored training set, samples are
   grouped by the sign of the multimodal label (the paper: of each head's own current label),
   and each batch's unimodal labels are used as generated, without per-sample smoothing;
-- labels are generated from the first batch on, with centres that already include the batch
-  (the paper starts in epoch 2, from the previous epoch's memory); until both centres of a
-  head exist its unimodal labels equal ``y`` (the paper's initialisation), so its weight is 0;
+- the paper generates labels from epoch 2 on, once a full epoch of features is stored; here
+  generation starts after ``label_warmup`` centre updates (default 10 = ``1 / (1 - momentum)``,
+  the effective memory of the EMA), using centres that already include the current batch.
+  Until then, or while a head lacks a positive or a negative centre, its unimodal labels equal
+  ``y`` (the paper's initialisation), so its weight ``tanh(0)`` is 0, as in the paper's epoch 1;
 - classification (outside the paper, whose labels are scalar sentiment): ULGM has no meaning,
   and each unimodal head is trained with cross-entropy on the true class instead.
 """
@@ -108,33 +110,41 @@ class UnimodalLabelGenerator(nn.Module):
         head_dims: feature width of each head; must include :data:`FUSION`.
         momentum: centre momentum (see :class:`ClassCentres`).
         bound: ``H``, the label range (3 for MOSI/MOSEI, 1 for SIMS).
+        warmup_updates: centre updates (batches) before labels are generated.
     """
 
-    def __init__(self, head_dims: Mapping[str, int], momentum: float = 0.9, bound: float = 3.0) -> None:
+    def __init__(
+        self, head_dims: Mapping[str, int], momentum: float = 0.9, bound: float = 3.0, warmup_updates: int = 10
+    ) -> None:
         super().__init__()
         if FUSION not in head_dims:
             raise ValueError(f"head_dims: expected a {FUSION!r} head, received {sorted(head_dims)}")
         self.bound = bound
+        self.warmup_updates = warmup_updates
         self.centres = nn.ModuleDict({name: ClassCentres(dim, momentum) for name, dim in head_dims.items()})
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def update(self, features: Mapping[str, Tensor], labels: Tensor) -> None:
         """Update every head's centres with its batch features ``(B, d)``, grouped by the sign of ``labels``."""
         for name, feature in features.items():
             self.centres[name].update(feature.detach(), labels)
+        self.updates += 1
 
     @torch.no_grad()
     def generate(self, features: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """Unimodal labels ``(B,)`` for every head in ``features`` other than :data:`FUSION`.
 
-        A head whose centres (or the fusion head's) are not both set yet gets ``labels``.
+        During the warm-up, and for a head whose centres (or the fusion head's) are not both set
+        yet, the unimodal labels are ``labels``.
         """
         fusion = self.centres[FUSION]
+        warm = int(self.updates) >= self.warmup_updates
         generated: dict[str, Tensor] = {}
         for name, feature in features.items():
             if name == FUSION:
                 continue
             head = self.centres[name]
-            if head.ready and fusion.ready:
+            if warm and head.ready and fusion.ready:
                 delta_fusion = fusion.shift(features[FUSION])
                 generated[name] = unimodal_labels(head.shift(feature), delta_fusion, labels, self.bound)
             else:
@@ -161,7 +171,8 @@ class _Head(nn.Module):
     modalities="any M >= 2",
     fidelity="adapted",
     notes="no BERT fine-tuning: 768-d text through the same LSTM as the other modalities; no sample indices "
-    "in the zoo interface, so momentum (EMA) class centres and per-batch labels without per-sample smoothing; "
+    "in the zoo interface, so momentum (EMA) class centres, labels per batch without per-sample smoothing, "
+    "generated after a 10-batch warm-up; "
     "classification: unimodal heads use cross-entropy on the true class",
 )
 class SelfMM(MultimodalModel):
@@ -176,6 +187,7 @@ class SelfMM(MultimodalModel):
         dropout: dropout after the LSTM and at the input of every head.
         centre_momentum: momentum of the ULGM centres.
         label_bound: ``H`` (3 for MOSI/MOSEI, 1 for SIMS).
+        label_warmup: training batches before unimodal labels are generated.
         unimodal_weight: weight of the summed unimodal losses (Self-MM: 1).
     """
 
@@ -193,13 +205,16 @@ class SelfMM(MultimodalModel):
         dropout: float = 0.1,
         centre_momentum: float = 0.9,
         label_bound: float = 3.0,
+        label_warmup: int = 10,
         unimodal_weight: float = 1.0,
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
         if FUSION in self.modalities:
             raise ValueError(f"input_dims: {FUSION!r} is reserved for the multimodal head")
         self.unimodal_weight = unimodal_weight
-        self.encoders = nn.ModuleDict({m: SequenceEncoder(d, rnn_dim, pooling="last") for m, d in self.input_dims.items()})
+        self.encoders = nn.ModuleDict(
+            {m: SequenceEncoder(d, rnn_dim, pooling="last") for m, d in self.input_dims.items()}
+        )
         self.to_features = nn.ModuleDict(
             {m: nn.Sequential(nn.Dropout(dropout), nn.Linear(rnn_dim, feature_dim)) for m in self.modalities}
         )
@@ -208,7 +223,7 @@ class SelfMM(MultimodalModel):
             {m: _Head(feature_dim, head_dim, self.output_dim, dropout) for m in self.modalities}
         )
         head_dims = {FUSION: fusion_dim, **dict.fromkeys(self.modalities, head_dim)}
-        self.label_generator = UnimodalLabelGenerator(head_dims, centre_momentum, label_bound)
+        self.label_generator = UnimodalLabelGenerator(head_dims, centre_momentum, label_bound, label_warmup)
 
     def forward(
         self,

@@ -113,7 +113,7 @@ def build_subnets(
     hidden_dim: int,
     dropout: float,
 ) -> nn.ModuleDict:
-    """One subnet per modality: :class:`SequenceSubnet` for ``sequence_modalities``, :class:`UtteranceSubnet` otherwise."""
+    """One subnet per modality: :class:`SequenceSubnet` for ``sequence_modalities``, else :class:`UtteranceSubnet`."""
     on_sequence = set(sequence_modalities)
     return nn.ModuleDict(
         {

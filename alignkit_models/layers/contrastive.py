@@ -1,0 +1,33 @@
+"""Supervised contrastive loss (Khosla et al., NeurIPS 2020) on a batch of representations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temperature: float = 0.1) -> Tensor:
+    """SupCon: pull together samples of one class, push apart the rest.
+
+    Args:
+        representations: ``(B, D)``; L2-normalised inside.
+        classes: ``(B,)`` integer class of each sample.
+        temperature: softmax temperature ``> 0``.
+
+    Returns:
+        0-dim tensor: mean over anchors that have at least one positive of
+        ``-mean_{p in P(i)} log softmax_{a != i}(z_i . z_a / t)_p``; 0 when no anchor has one.
+    """
+    z = F.normalize(representations.float(), dim=-1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (classes[:, None] == classes[None, :]) & ~self_mask
+    counts = positives.sum(1)
+    has_positive = counts > 0
+    if not bool(has_positive.any()):
+        return representations.new_zeros((), dtype=torch.float32)
+    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)) / counts.clamp_min(1)
+    return per_anchor[has_positive].mean()

@@ -1,0 +1,1 @@
+"""Training: configs and presets, the trainer with checkpoints and resume, experiment summaries."""

@@ -1,0 +1,154 @@
+"""Run configuration: a per-data-set preset, overridden by a file and by ``--set key=value``.
+
+Precedence (later wins): preset ``presets/<dataset>.yaml`` < ``--config FILE`` < ``--set`` <
+explicit flags (``--seeds``, ``--epochs``). A bad value fails with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+
+from alignkit_models.data.catalog import dataset_info
+from alignkit_models.registry import list_models
+
+DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to users as one line."""
+
+
+class ProtocolConfig(BaseModel):
+    """The training protocol shared by every model on a data set (the paper's optimizer set-up)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.005
+    grad_clip: PositiveFloat | None = 0.6
+    max_epochs: PositiveInt = 40
+    lr_factor: float = Field(default=0.1, gt=0.0, lt=1.0)
+    lr_patience: int = Field(default=4, ge=0)
+    early_stopping_patience: PositiveInt = 8
+    regression_loss: Literal["mse", "l1"] = "mse"
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; saved with every checkpoint so that a run can be resumed or evaluated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    dataset: str
+    data: str | None = None
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
+    protocol: ProtocolConfig = ProtocolConfig()
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    device: str = "cpu"
+    output_dir: str = "runs"
+    run_name: str | None = None
+    progress: bool = True
+
+
+def load_preset(dataset: str) -> dict[str, Any]:
+    """The preset of a data set as a plain dict (``protocol`` and per-model ``model_options``)."""
+    dataset_info(dataset)  # a clear error for an unknown data set
+    text = resources.files("alignkit_models.presets").joinpath(f"{dataset}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file holding any subset of :class:`TrainConfig` fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of fields in {path}, received {type(data).__name__}")
+    return data
+
+
+def apply_override(config: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` (the value parsed as YAML: numbers, lists, booleans)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set: expected key=value, received {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    target = config
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a group of fields")
+    target[leaf] = yaml.safe_load(raw)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def build_config(
+    model: str,
+    dataset: str,
+    *,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **explicit: Any,
+) -> TrainConfig:
+    """Preset < file < ``--set`` overrides < explicit keyword values (None means "not given")."""
+    preset = load_preset(dataset)
+    # The preset lists options per model; keep only this model's.
+    raw: dict[str, Any] = {
+        "model": model,
+        "dataset": dataset,
+        "protocol": preset.get("protocol", {}),
+        "model_options": preset.get("model_options", {}).get(model, {}),
+    }
+    if config_file is not None:
+        raw = _deep_merge(raw, read_config_file(config_file))
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    for key, value in explicit.items():
+        if value is None:
+            continue
+        if key == "max_epochs":
+            raw.setdefault("protocol", {})["max_epochs"] = value
+        else:
+            raw[key] = value
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a raw config, turning every problem into one :class:`ConfigError` line."""
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        received = first.get("input")
+        raise ConfigError(f"{field}: {first['msg']} (received {received!r})") from None
+    check_model_options(config.model, config.model_options)
+    dataset_info(config.dataset)
+    return config
+
+
+def check_model_options(model: str, options: dict[str, Any]) -> None:
+    """Unknown model names or options fail here, before any data is loaded."""
+    models = {info.name: info.cls for info in list_models()}
+    if model not in models:
+        raise ConfigError(f"model: expected one of {sorted(models)}, received {model!r}")
+    accepted = set(inspect.signature(models[model].__init__).parameters) - {"self", "input_dims", "task", "n_classes", "regression_loss"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"model_options.{unknown[0]}: not an option of {model!r} (options: {', '.join(sorted(accepted))})")

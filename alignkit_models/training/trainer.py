@@ -1,0 +1,299 @@
+"""The trainer: one protocol for every model of the zoo.
+
+For each seed: Adam (weight decay), gradient clipping, ReduceLROnPlateau on the validation
+metric, early stopping on it, the best-on-validation checkpoint (``best.pt``) and the last one
+(``last.pt``, with optimizer, scheduler, RNG and data-order state so that ``resume`` continues
+bit-for-bit), then test metrics of the best checkpoint. Across seeds: mean and std per metric,
+written as ``results.json`` and ``results.csv`` in the run folder::
+
+    <output_dir>/<run_name>/config.json
+    <output_dir>/<run_name>/seed-<s>/{last.pt, best.pt, history.json, metrics.json}
+    <output_dir>/<run_name>/results.{json,csv}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, SplitDataset, collate
+from alignkit_models.data.catalog import dataset_info, load_dataset
+from alignkit_models.metrics import PRIMARY_METRIC, compute_metrics
+from alignkit_models.models.base import MultimodalModel
+from alignkit_models.registry import create_model
+from alignkit_models.training.checkpoint import load_checkpoint, save_checkpoint
+from alignkit_models.training.config import TrainConfig
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    best_epoch: int
+    epochs_run: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig, dataset: MultimodalDataset) -> MultimodalModel:
+    return create_model(
+        config.model,
+        input_dims=dataset.input_dims,
+        task=dataset.task,
+        n_classes=dataset.n_classes,
+        regression_loss=config.protocol.regression_loss,
+        **config.model_options,
+    )
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        "features": {m: x.to(device, non_blocking=True) for m, x in batch["features"].items()},
+        "masks": {m: x.to(device, non_blocking=True) for m, x in batch["masks"].items()},
+        "labels": batch["labels"].to(device, non_blocking=True),
+    }
+
+
+@torch.no_grad()
+def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and labels of a whole split, in eval mode."""
+    model.eval()
+    loader = DataLoader(SplitDataset(split, model.modalities), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    predictions, labels = [], []
+    for batch in loader:
+        batch = to_device(batch, device)
+        predictions.append(model(batch["features"], batch["masks"]).prediction.float().cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(predictions), torch.cat(labels)
+
+
+def evaluate(model: MultimodalModel, split: MultimodalSplit, metrics: str, batch_size: int, device: torch.device) -> dict[str, float]:
+    predictions, labels = predict(model, split, batch_size, device)
+    return compute_metrics(metrics, predictions, labels)
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if mode == "min" else value > best
+
+
+def _rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "loader": loader_generator.get_state(),
+    }
+
+
+def _restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    loader_generator.set_state(state["loader"])
+
+
+def train_seed(
+    config: TrainConfig,
+    dataset: MultimodalDataset,
+    seed: int,
+    seed_dir: Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> SeedResult:
+    """Train one seed to early stopping (or ``max_epochs``) and test its best checkpoint.
+
+    With ``resume`` and a ``last.pt`` in ``seed_dir``, training continues after the last
+    finished epoch with every state restored, giving the same result as an uninterrupted run.
+    ``on_epoch(epoch, record)`` is called after each epoch (used by tests to interrupt a run).
+    """
+    started = time.perf_counter()
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    protocol = config.protocol
+    device = torch.device(config.device)
+    metric_kind = dataset_info(config.dataset).metrics
+    primary, mode = PRIMARY_METRIC[metric_kind]
+
+    seed_everything(seed)
+    model = build_model(config, dataset).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
+    loader_generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        SplitDataset(dataset.train, model.modalities),
+        batch_size=protocol.batch_size,
+        shuffle=True,
+        generator=loader_generator,
+        collate_fn=collate,
+    )
+
+    state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    last_path = seed_dir / "last.pt"
+    if resume and last_path.exists():
+        checkpoint = load_checkpoint(last_path)
+        model.load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        scheduler.load_state_dict(checkpoint["scheduler_state"])
+        _restore_rng(checkpoint["rng"], loader_generator)
+        state = checkpoint["trainer_state"]
+
+    stopped = state["bad_epochs"] >= protocol.early_stopping_patience
+    for epoch in range(state["epoch"] + 1, protocol.max_epochs + 1):
+        if stopped:
+            break
+        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress)
+        valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device)
+        scheduler.step(valid[primary])
+        record = {"epoch": epoch, "train": train_record, "valid": valid, "lr": optimizer.param_groups[0]["lr"]}
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if _is_better(valid[primary], state["best"], mode):
+            state.update(best=valid[primary], best_epoch=epoch, bad_epochs=0)
+            save_checkpoint(seed_dir / "best.pt", {"config": config.model_dump(), "model_state": model.state_dict(), "epoch": epoch, "valid": valid, "seed": seed})
+        else:
+            state["bad_epochs"] += 1
+        save_checkpoint(
+            last_path,
+            {
+                "config": config.model_dump(),
+                "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(),
+                "rng": _rng_state(loader_generator),
+                "trainer_state": state,
+                "seed": seed,
+            },
+        )
+        if config.progress:
+            tqdm.write(f"seed {seed} epoch {epoch:3d}  loss {train_record['loss']:.4f}  valid {primary} {valid[primary]:.4f}  (best {state['best']:.4f} @ {state['best_epoch']})")
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        stopped = state["bad_epochs"] >= protocol.early_stopping_patience
+
+    best = load_checkpoint(seed_dir / "best.pt")
+    model.load_state_dict(best["model_state"])
+    test = evaluate(model, dataset.test, metric_kind, protocol.batch_size, device)
+    result = SeedResult(seed, best["epoch"], state["epoch"], best["valid"], test, time.perf_counter() - started)
+    (seed_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    (seed_dir / "metrics.json").write_text(json.dumps(result.__dict__, indent=1))
+    return result
+
+
+def _train_epoch(
+    model: MultimodalModel,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float | None,
+    device: torch.device,
+    epoch: int,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass over the training data; returns mean loss and mean of each component."""
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    for batch in bar:
+        batch = to_device(batch, device)
+        output = model(batch["features"], batch["masks"], batch["labels"])
+        loss = model.loss(output, batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        # One host sync per step for logging: the running means shown by the progress bar.
+        values = {"loss": float(loss.total.detach()), **{k: float(v.detach()) for k, v in loss.components.items()}}
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps += 1
+        bar.set_postfix({k: f"{v / steps:.3g}" for k, v in sums.items()}, refresh=False)
+    return {k: v / max(steps, 1) for k, v in sums.items()}
+
+
+def summarize(results: list[SeedResult]) -> dict[str, dict[str, float]]:
+    """Mean and (population) std over seeds of every test metric."""
+    keys = results[0].test.keys()
+    summary = {}
+    for key in keys:
+        values = np.array([r.test[key] for r in results], dtype=float)
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
+    return summary
+
+
+def run_dir_for(config: TrainConfig) -> Path:
+    """A fresh folder ``<output_dir>/<run_name>``; ``-2``, ``-3``... when the name is taken."""
+    base = Path(config.output_dir) / (config.run_name or f"{config.model}-{config.dataset}")
+    candidate, counter = base, 1
+    while candidate.exists():
+        counter += 1
+        candidate = base.with_name(f"{base.name}-{counter}")
+    return candidate
+
+
+def run_experiment(
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    dataset: MultimodalDataset | None = None,
+) -> dict[str, Any]:
+    """Train every seed of ``config`` and write the summary; returns the results dict.
+
+    ``resume`` continues the run in ``run_dir``: finished seeds are read back, the interrupted
+    seed continues from its ``last.pt``.
+    """
+    run_dir = run_dir if run_dir is not None else run_dir_for(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
+    dataset = dataset if dataset is not None else load_dataset(config.dataset, config.data)
+    results = []
+    for seed in config.seeds:
+        seed_dir = run_dir / f"seed-{seed}"
+        finished = seed_dir / "metrics.json"
+        if resume and finished.exists():
+            results.append(SeedResult(**json.loads(finished.read_text())))
+            continue
+        results.append(train_seed(config, dataset, seed, seed_dir, resume=resume))
+    summary = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "seeds": config.seeds,
+        "test": summarize(results),
+        "per_seed": [r.__dict__ for r in results],
+    }
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    write_results_csv(run_dir / "results.csv", results, summary["test"])
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def write_results_csv(path: Path, results: list[SeedResult], summary: dict[str, dict[str, float]]) -> None:
+    keys = list(summary)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seed", "best_epoch", *keys])
+        for r in results:
+            writer.writerow([r.seed, r.best_epoch, *(f"{r.test[k]:.6f}" for k in keys)])
+        writer.writerow(["mean", "", *(f"{summary[k]['mean']:.6f}" for k in keys)])
+        writer.writerow(["std", "", *(f"{summary[k]['std']:.6f}" for k in keys)])
