@@ -16,14 +16,16 @@ which avoids the NaN of an all-masked softmax. The optional "future" mask is Mul
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor, nn
 
 
+@functools.lru_cache(maxsize=64)
 def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """Fixed sinusoidal position embeddings ``(length, dim)`` (Vaswani et al.)."""
+    """Fixed sinusoidal position embeddings ``(length, dim)`` (Vaswani et al.); cached, do not modify."""
     position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
     frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, device=device)

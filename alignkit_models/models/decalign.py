@@ -80,6 +80,10 @@ class DecAlign(MultimodalModel):
         mmd_sigma: MMD bandwidth (float, list or ``"median"``).
         use_*: ablation switches (module docstring).
         contrastive_weight, contrastive_temperature: the optional supervised contrastive term.
+        cross_modal: ``"pairwise"`` (MulT: one encoder per ordered pair, ``M (M - 1)``) or
+            ``"joint"`` (one encoder per target attending to all other modalities' steps at
+            once, ``M`` encoders: the same attention pattern at a fraction of the cost for many
+            modalities).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class DecAlign(MultimodalModel):
         use_contrastive: bool = False,
         contrastive_weight: float = 0.1,
         contrastive_temperature: float = 0.1,
+        cross_modal: Literal["pairwise", "joint"] = "pairwise",
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
         n_modalities = len(self.modalities)
@@ -138,15 +143,16 @@ class DecAlign(MultimodalModel):
         encoder_options = dict(
             attn_dropout=attn_dropout, relu_dropout=relu_dropout, res_dropout=res_dropout, embed_dropout=embed_dropout
         )
+        if cross_modal not in ("pairwise", "joint"):
+            raise ValueError(f"cross_modal: expected 'pairwise' or 'joint', received {cross_modal!r}")
+        self.cross_modal_mode = cross_modal
+        sources = {t: [s for s in self.modalities if s != t] for t in self.modalities}
+        names = [f"{t}<-{s}" for t in self.modalities for s in sources[t]] if cross_modal == "pairwise" else [f"{t}<-rest" for t in self.modalities]
         self.cross_modal = nn.ModuleDict(
-            {
-                f"{target}<-{source}": CrossModalEncoder(dim, n_heads, n_layers, **encoder_options)
-                for target in self.modalities
-                for source in self.modalities
-                if use_transformer and source != target
-            }
+            {name: CrossModalEncoder(dim, n_heads, n_layers, **encoder_options) for name in names} if use_transformer else {}
         )
-        unique_width = (n_modalities - 1) * dim if use_transformer else dim
+        streams_per_target = n_modalities - 1 if cross_modal == "pairwise" else 1
+        unique_width = streams_per_target * dim if use_transformer else dim
         self.fused_dim = n_modalities * unique_width + dim
         self.output_dropout = nn.Dropout(output_dropout)
         self.head = nn.Linear(self.fused_dim, self.output_dim)
@@ -188,9 +194,15 @@ class DecAlign(MultimodalModel):
             if not self.use_transformer:
                 parts.append(masked_mean(unique[target], masks[target]))
                 continue
-            for source in self.modalities:
-                if source == target:
-                    continue
+            sources = [s for s in self.modalities if s != target]
+            if self.cross_modal_mode == "joint":
+                # All other modalities' steps form one source sequence; masks keep padding out.
+                source = torch.cat([unique[s] for s in sources], dim=1)
+                source_mask = torch.cat([masks[s] for s in sources], dim=1)
+                attended = self.cross_modal[f"{target}<-rest"](unique[target], source, source_mask=source_mask)
+                parts.append(masked_mean(attended, masks[target]))
+                continue
+            for source in sources:
                 attended = self.cross_modal[f"{target}<-{source}"](unique[target], unique[source], source_mask=masks[source])
                 parts.append(masked_mean(attended, masks[target]))
         pooled_common = torch.stack([masked_mean(common[m], masks[m]) for m in self.modalities]).mean(0)

@@ -136,7 +136,8 @@ def train_seed(
 
     seed_everything(seed)
     model = build_model(config, dataset).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
+    # foreach: one fused update over all parameter tensors (many small ones in these models).
+    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
     loader_generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
@@ -145,6 +146,8 @@ def train_seed(
         shuffle=True,
         generator=loader_generator,
         collate_fn=collate,
+        # A last batch of one sample is dropped: BatchNorm (TFN, LMF) cannot train on it.
+        drop_last=len(dataset.train) % protocol.batch_size == 1,
     )
 
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
