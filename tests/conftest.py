@@ -1,8 +1,9 @@
-"""Shared test set-up: deterministic torch, a hypothesis profile sized for CI."""
+"""Shared test set-up: deterministic torch, a hypothesis profile sized for CI, KeOps' build folder."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,15 @@ settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# KeOps compiles each formula once (~10 s); pin its cache inside the checkout so runs reuse it.
+KEOPS_BUILD = Path(__file__).resolve().parent.parent / ".keops_build"
+try:
+    import pykeops
+
+    pykeops.set_build_folder(str(KEOPS_BUILD))
+except ImportError:
+    pass
 
 
 @pytest.fixture(autouse=True)

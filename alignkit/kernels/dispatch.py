@@ -18,11 +18,13 @@ an explicit ``backend="keops"`` raises instead.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Literal
 
 from torch import Tensor
 
 from alignkit._checks import check_choice
+from alignkit.kernels.backends import blocked, dense, keops
 
 Backend = Literal["auto", "dense", "blocked", "keops"]
 BACKENDS = ("auto", "dense", "blocked", "keops")
@@ -43,6 +45,8 @@ def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
         return override
     if n * m <= DENSE_MAX_ELEMENTS:
         return "dense"
+    if device_type == "cuda" and not _KEOPS_FAILED and keops.unavailable_reason() is None:
+        return "keops"
     return "blocked"
 
 
@@ -55,7 +59,23 @@ def kernel_sum(x: Tensor, y: Tensor, scales: Tensor, *, same: bool, backend: str
     """
     name = resolve_backend(backend, x.shape[0], y.shape[0], x.device.type)
     if name == "dense":
-        from alignkit.kernels.backends import dense
-
         return dense.gaussian_kernel_sum(x, y, scales, same)
-    raise NotImplementedError(f"backend {name!r} is not implemented yet")
+    if name == "blocked":
+        return blocked.gaussian_kernel_sum(x, y, scales, same)
+    if backend == "keops":  # asked for explicitly: failures are the caller's to see
+        return keops.gaussian_kernel_sum(x, y, scales, same)
+    try:
+        return keops.gaussian_kernel_sum(x, y, scales, same)
+    except Exception as error:  # noqa: BLE001 - any compile or load failure means "use blocked"
+        _disable_keops(error)
+        return blocked.gaussian_kernel_sum(x, y, scales, same)
+
+
+_KEOPS_FAILED: list[str] = []
+
+
+def _disable_keops(error: Exception) -> None:
+    """Remember a KeOps failure under ``auto`` and warn once; later calls go straight to blocked."""
+    if not _KEOPS_FAILED:
+        warnings.warn(f"KeOps failed ({type(error).__name__}: {error}); backend='auto' falls back to 'blocked'", RuntimeWarning, stacklevel=4)
+    _KEOPS_FAILED.append(str(error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -19,4 +20,4 @@ def squared_distances(x: Tensor, y: Tensor) -> Tensor:
     """
     x_sq = (x * x).sum(-1, keepdim=True)
     y_sq = (y * y).sum(-1, keepdim=True).transpose(-1, -2)
-    return (x_sq + y_sq - 2.0 * (x @ y.transpose(-1, -2))).clamp_min(0.0)
+    return torch.baddbmm(x_sq + y_sq, x, y.transpose(-1, -2), alpha=-2.0).clamp_min(0.0) if x.ndim == 3 else torch.addmm(x_sq + y_sq, x, y.T, alpha=-2.0).clamp_min(0.0)

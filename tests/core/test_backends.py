@@ -1,0 +1,143 @@
+"""Every kernel backend equals the dense reference in value and gradient; the auto rule."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from alignkit.functional import gaussian_mmd, multimodal_mmd
+from alignkit.kernels import dispatch
+from alignkit.kernels.backends import blocked, keops
+
+KEOPS_REASON = keops.unavailable_reason()
+needs_keops = pytest.mark.skipif(KEOPS_REASON is not None, reason=f"KeOps cannot run here: {KEOPS_REASON}")
+
+# (N, M, d) with N != M, several widths; few distinct widths keep KeOps compilation bounded.
+SHAPES = [(130, 70, 3), (64, 150, 17), (200, 200, 64)]
+FORMS = [({"sigma": 1.3}, "biased"), ({"sigma": [0.5, 2.0, 6.0]}, "biased"), ({"sigma": 2.5}, "unbiased"), ({"sigma": "median"}, "unbiased")]
+
+
+def _pair(n: int, m: int, d: int, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(n + m + d)
+    x = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_(True)
+    y = (torch.randn(m, d, generator=g, dtype=dtype) * 1.2 + 0.3).requires_grad_(True)
+    return x, y
+
+
+def _value_and_grads(backend: str, x: torch.Tensor, y: torch.Tensor, options: dict, estimator: str):
+    value = gaussian_mmd(x, y, estimator=estimator, backend=backend, **options)
+    grad_x, grad_y = torch.autograd.grad(value, [x, y])
+    return value.detach(), grad_x, grad_y
+
+
+def _assert_agree(backend: str, shape, form, dtype, rtol: float, atol: float) -> None:
+    x, y = _pair(*shape, dtype)
+    options, estimator = form
+    # Bandwidths relative to the typical distance (~sqrt(2 d)), so that no kernel underflows.
+    scale = (2 * shape[2]) ** 0.5 / 2
+    sigma = options["sigma"]
+    if sigma != "median":
+        options = {"sigma": [s * scale for s in sigma] if isinstance(sigma, list) else sigma * scale}
+    reference = _value_and_grads("dense", x, y, options, estimator)
+    result = _value_and_grads(backend, x, y, options, estimator)
+    for expected, got in zip(reference, result):
+        assert torch.allclose(got, expected, rtol=rtol, atol=atol * float(expected.abs().max().clamp_min(1e-30)))
+
+
+@pytest.fixture
+def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles of 32 rows so that every shape spans several tiles, diagonal and off-diagonal."""
+    monkeypatch.setattr(blocked, "TILE", 32)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: f"{f[0]['sigma']}-{f[1]}" if isinstance(f, tuple) else None)
+def test_blocked_equals_dense_in_float64(shape, form, small_tiles) -> None:
+    _assert_agree("blocked", shape, form, torch.float64, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: f"{f[0]['sigma']}-{f[1]}" if isinstance(f, tuple) else None)
+def test_blocked_equals_dense_to_float32_round_off(shape, form, small_tiles) -> None:
+    _assert_agree("blocked", shape, form, torch.float32, rtol=2e-4, atol=1e-5)
+
+
+@needs_keops
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: f"{f[0]['sigma']}-{f[1]}" if isinstance(f, tuple) else None)
+def test_keops_equals_dense_to_float32_round_off(shape, form) -> None:
+    _assert_agree("keops", shape, form, torch.float32, rtol=2e-4, atol=1e-5)
+
+
+@needs_keops
+def test_keops_equals_dense_in_float64() -> None:
+    _assert_agree("keops", SHAPES[0], FORMS[1], torch.float64, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["blocked", *(["keops"] if KEOPS_REASON is None else [])])
+def test_multimodal_mmd_agrees_across_backends(backend: str) -> None:
+    feats = [torch.randn(90 + 10 * i, 3, dtype=torch.float64) + i for i in range(3)]
+    assert torch.allclose(multimodal_mmd(feats, 1.0, backend=backend), multimodal_mmd(feats, 1.0, backend="dense"), rtol=1e-9)
+
+
+def test_blocked_gradient_wrt_one_input_only(small_tiles) -> None:
+    x, y = _pair(50, 40, 4, torch.float64)
+    y = y.detach()
+    for backend in ("dense", "blocked"):
+        value = gaussian_mmd(x, y, 1.0, backend=backend)
+        (grad,) = torch.autograd.grad(value, x)
+        if backend == "dense":
+            expected = grad
+    assert torch.allclose(grad, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "device", "expected"),
+    [(100, 100, "cpu", "dense"), (4096, 4096, "cpu", "dense"), (4097, 4096, "cpu", "blocked"), (100_000, 100_000, "cpu", "blocked")],
+)
+def test_auto_rule_table(n: int, m: int, device: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    assert dispatch.resolve_backend("auto", n, m, device) == expected
+
+
+def test_auto_picks_keops_for_large_cuda_problems_when_keops_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    monkeypatch.setattr(keops, "unavailable_reason", lambda: None)
+    assert dispatch.resolve_backend("auto", 50_000, 50_000, "cuda") == "keops"
+    monkeypatch.setattr(keops, "unavailable_reason", lambda: "no compiler")
+    assert dispatch.resolve_backend("auto", 50_000, 50_000, "cuda") == "blocked"
+
+
+def test_environment_variable_overrides_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(dispatch.ENV_VAR, "blocked")
+    assert dispatch.resolve_backend("auto", 10, 10, "cpu") == "blocked"
+    assert dispatch.resolve_backend("dense", 10, 10, "cpu") == "dense"  # explicit choices win
+    monkeypatch.setenv(dispatch.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match=dispatch.ENV_VAR):
+        dispatch.resolve_backend("auto", 10, 10, "cpu")
+
+
+def test_keops_failure_under_auto_falls_back_to_blocked_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise ModuleNotFoundError("pykeops_cpp_deadbeef")
+
+    monkeypatch.setattr(keops, "gaussian_kernel_sum", broken)
+    monkeypatch.setattr(dispatch, "_KEOPS_FAILED", [])
+    monkeypatch.setenv(dispatch.ENV_VAR, "keops")
+    x, y = _pair(30, 20, 3, torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = gaussian_mmd(x, y, 1.0)
+        second = gaussian_mmd(x, y, 1.0)
+    assert len([w for w in caught if "falls back" in str(w.message)]) == 1
+    expected = gaussian_mmd(x, y, 1.0, backend="blocked")
+    assert torch.allclose(first, expected) and torch.allclose(second, expected)
+
+
+def test_explicit_keops_without_keops_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keops, "unavailable_reason", lambda: "no C++ compiler (g++) on PATH")
+    x, y = _pair(10, 10, 2, torch.float64)
+    with pytest.raises(keops.KeOpsUnavailable, match="g\\+\\+"):
+        gaussian_mmd(x, y, 1.0, backend="keops")
