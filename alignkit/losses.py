@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -388,8 +388,13 @@ class DecAlignLoss(nn.Module):
         *,
         masks: Sequence[Tensor | None] | None = None,
         task_loss: Tensor | None = None,
+        skip: Collection[str] = (),
     ) -> LossOutput:
-        """``unique``, ``common``: ``M`` tensors ``(B, T_m, d)`` or ``(B, d)``; ``masks``: ``(B, T_m)`` bool."""
+        """``unique``, ``common``: ``M`` tensors ``(B, T_m, d)`` or ``(B, d)``; ``masks``: ``(B, T_m)`` bool.
+
+        ``skip`` names parts (``"dec"``, ``"hete"``, ``"homo"``) to leave out of this call only,
+        e.g. ``{"hete"}`` for a batch with fewer samples than prototypes.
+        """
         unique = check_sequence(unique, "unique", min_len=2)
         common = check_sequence(common, "common", min_len=2)
         components: dict[str, Tensor] = {}
@@ -398,16 +403,16 @@ class DecAlignLoss(nn.Module):
         if task_loss is not None:
             components["task"] = task_loss
             total = total + task_loss
-        if self.use_decoupling:
+        if self.use_decoupling and "dec" not in skip:
             components["dec"] = self.decoupling(unique, common, masks)
             total = total + components["dec"]
-        if self.use_hete:
+        if self.use_hete and "hete" not in skip:
             hete = self.heterogeneity(sample_sets(unique, masks, self.sample_granularity))
             components["hete"] = hete.total
             components.update(hete.components)
             diagnostics.update(hete.diagnostics)
             total = total + self.alpha * hete.total
-        if self.use_homo:
+        if self.use_homo and "homo" not in skip:
             homo = self.homogeneity(sample_sets(common, masks, self.sample_granularity))
             components["homo"] = homo.total
             components.update(homo.components)

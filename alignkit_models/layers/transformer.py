@@ -8,6 +8,9 @@ A stack of pre-LayerNorm layers in which a target sequence attends to a source s
                  x = x + drop(W2 relu-drop(W1 LN(x)))
     final LayerNorm
 
+Attention runs on ``F.scaled_dot_product_attention``; dropouts other than the attention weights
+use :class:`~alignkit_models.layers.dropout.FastDropout`.
+
 Padding masks (True on real steps) keep padded source steps out of every attention; a sample
 whose source is entirely padding attends to all steps instead (its output is masked later),
 which avoids the NaN of an all-masked softmax. The optional "future" mask is MulT's: position
@@ -20,7 +23,10 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from alignkit_models.layers.dropout import FastDropout
 
 
 @functools.lru_cache(maxsize=64)
@@ -34,22 +40,47 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     return table
 
 
+class _Attention(nn.Module):
+    """Multi-head attention on ``F.scaled_dot_product_attention`` (the fused kernel when no
+    attention-weight dropout is asked for, which is the costly one on a CPU)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, steps, dim = x.shape
+        return x.view(batch, steps, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, source: Tensor, keep: Tensor | None) -> Tensor:
+        """``keep``: bool, broadcastable to ``(B, heads, T_t, T_s)``, True where attention is allowed."""
+        query = self._heads(self.query(x))
+        key, value = (self._heads(t) for t in self.key_value(source).chunk(2, dim=-1))
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(attended.transpose(1, 2).reshape(x.shape))
+
+
 class _Layer(nn.Module):
     def __init__(self, dim: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
         super().__init__()
-        self.attention = nn.MultiheadAttention(dim, n_heads, dropout=attn_dropout, batch_first=True)
+        self.attention = _Attention(dim, n_heads, attn_dropout)
         self.norm_attention = nn.LayerNorm(dim)
         self.norm_feedforward = nn.LayerNorm(dim)
         self.feedforward = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Dropout(relu_dropout), nn.Linear(4 * dim, dim)
+            nn.Linear(dim, 4 * dim), nn.ReLU(), FastDropout(relu_dropout), nn.Linear(4 * dim, dim)
         )
-        self.res_dropout = nn.Dropout(res_dropout)
+        self.res_dropout = FastDropout(res_dropout)
 
-    def forward(self, x: Tensor, source: Tensor | None, key_padding: Tensor | None, future: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, source: Tensor | None, keep: Tensor | None) -> Tensor:
         query = self.norm_attention(x)
         kv = query if source is None else self.norm_attention(source)
-        attended, _ = self.attention(query, kv, kv, key_padding_mask=key_padding, attn_mask=future, need_weights=False)
-        x = x + self.res_dropout(attended)
+        x = x + self.res_dropout(self.attention(query, kv, keep))
         return x + self.res_dropout(self.feedforward(self.norm_feedforward(x)))
 
 
@@ -80,11 +111,11 @@ class CrossModalEncoder(nn.Module):
             raise ValueError(f"n_heads: expected a divisor of dim={dim}, received {n_heads}")
         self.dim = dim
         self.layers = nn.ModuleList(_Layer(dim, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers))
-        self.embed_dropout = nn.Dropout(embed_dropout)
+        self.embed_dropout = FastDropout(embed_dropout)
         self.norm = nn.LayerNorm(dim)
         self.future_mask = future_mask
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear):  # Xavier-uniform weights, zero biases (MulT)
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
@@ -102,14 +133,14 @@ class CrossModalEncoder(nn.Module):
         True on real steps (for self-attention: the target's own mask)."""
         x = self._embed(target)
         src = None if source is None else self._embed(source)
-        key_padding = None
+        keep = None
         if source_mask is not None:
             usable = source_mask.any(1, keepdim=True)
-            key_padding = ~(source_mask | ~usable)  # all-padding rows attend everywhere
-        future = None
+            keep = (source_mask | ~usable)[:, None, None, :]  # all-padding rows attend everywhere
         if self.future_mask:
             t_tgt, t_src = target.shape[1], (target if source is None else source).shape[1]
             future = torch.ones(t_tgt, t_src, dtype=torch.bool, device=target.device).triu(1 + abs(t_src - t_tgt))
+            keep = ~future if keep is None else keep & ~future
         for layer in self.layers:
-            x = layer(x, src, key_padding, future)
+            x = layer(x, src, keep)
         return self.norm(x)

@@ -28,7 +28,12 @@ Where this version departs from the paper (or chooses where the paper is silent)
   the alignment terms cheap; both can be switched to fully unrolled gradients.
 * Transformer outputs are pooled by a masked mean over the target's real steps (MulT takes the
   last step), so that padded unaligned inputs never influence the prediction.
-* Works for any number of modalities ``M >= 2``: ``M (M - 1)`` cross-modal encoders.
+* Works for any number of modalities ``M >= 2``: ``M (M - 1)`` cross-modal encoders
+  (``cross_modal="joint"``: ``M`` encoders, each attending to all other modalities at once).
+* No dropout on the attention weights by default (``attn_dropout=0``): on a CPU it was the
+  costliest part of a training step (``B x heads x T^2`` random numbers per layer, and it rules
+  out the fused attention kernel); residual, feed-forward, embedding and output dropout remain,
+  drawn by :class:`~alignkit_models.layers.dropout.FastDropout`.
 * Ablations of the paper's tables 3-4: ``use_decoupling`` (MFD: off means one encoder per
   modality feeds both streams and no ``L_dec``), ``use_hete``, ``use_homo``, ``use_proto_ot``
   (the OT + calibration terms inside ``L_hete``), ``use_transformer``, ``use_sem``, ``use_mmd``;
@@ -48,6 +53,7 @@ import alignkit
 from alignkit.decoupling import masked_mean
 from alignkit_models.layers import CrossModalEncoder, TemporalProjection
 from alignkit_models.layers.contrastive import supervised_contrastive_loss
+from alignkit_models.layers.dropout import FastDropout
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
 from alignkit_models.registry import register_model
 
@@ -100,7 +106,7 @@ class DecAlign(MultimodalModel):
         n_components: int = 7,
         alpha: float = 0.05,
         beta: float = 0.05,
-        attn_dropout: float = 0.1,
+        attn_dropout: float = 0.0,
         relu_dropout: float = 0.1,
         res_dropout: float = 0.1,
         embed_dropout: float = 0.1,
@@ -130,6 +136,7 @@ class DecAlign(MultimodalModel):
         if n_modalities < 2:
             raise ValueError(f"input_dims: DecAlign needs at least 2 modalities, received {n_modalities}")
         self.dim = dim
+        self.n_components = n_components
         self.use_decoupling = use_decoupling
         self.use_transformer = use_transformer
         self.use_contrastive = use_contrastive
@@ -154,7 +161,7 @@ class DecAlign(MultimodalModel):
         streams_per_target = n_modalities - 1 if cross_modal == "pairwise" else 1
         unique_width = streams_per_target * dim if use_transformer else dim
         self.fused_dim = n_modalities * unique_width + dim
-        self.output_dropout = nn.Dropout(output_dropout)
+        self.output_dropout = FastDropout(output_dropout)
         self.head = nn.Linear(self.fused_dim, self.output_dim)
 
         self.alignment = alignkit.DecAlignLoss(
@@ -222,8 +229,9 @@ class DecAlign(MultimodalModel):
         if self.training:
             # The alignment terms shape training only; evaluation skips their cost.
             order = self.modalities
+            mask_list = [masks[m] for m in order]
             alignment = self.alignment(
-                [unique[m] for m in order], [common[m] for m in order], masks=[masks[m] for m in order]
+                [unique[m] for m in order], [common[m] for m in order], masks=mask_list, skip=self._parts_to_skip(mask_list)
             )
             output.aux_losses["alignment"] = alignment.total
             output.components.update({k: v.detach() for k, v in alignment.components.items()})
@@ -232,6 +240,15 @@ class DecAlign(MultimodalModel):
                 output.aux_losses["contrastive"] = self.contrastive_weight * contrastive
                 output.components["contrastive"] = contrastive.detach()
         return output
+
+    def _parts_to_skip(self, masks: list[Tensor]) -> set[str]:
+        """Prototypes need at least ``K`` samples per modality: a smaller batch (a user's last
+        batch, say) trains without ``L_hete`` rather than failing."""
+        if self.alignment.sample_granularity == "pooled":
+            fewest = masks[0].shape[0]
+        else:
+            fewest = int(torch.stack([m.sum() for m in masks]).min())
+        return {"hete"} if fewest < self.n_components else set()
 
     def _contrastive_classes(self, labels: Tensor) -> Tensor:
         """Classes for the contrastive term: the labels, or sentiment signs for regression."""

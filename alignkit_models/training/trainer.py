@@ -146,8 +146,9 @@ def train_seed(
         shuffle=True,
         generator=loader_generator,
         collate_fn=collate,
-        # A last batch of one sample is dropped: BatchNorm (TFN, LMF) cannot train on it.
-        drop_last=len(dataset.train) % protocol.batch_size == 1,
+        # The incomplete last batch is dropped (the order is reshuffled every epoch): batch
+        # statistics (BatchNorm in TFN/LMF, DecAlign's prototypes, moments and MMD) need full batches.
+        drop_last=len(dataset.train) > protocol.batch_size,
     )
 
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
