@@ -117,5 +117,5 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]

@@ -1,0 +1,66 @@
+"""GPU checks: the same numbers on CUDA as on the CPU. Run by benchmarks/run_gpu.sh on a lent GPU;
+on machines without CUDA every test here is skipped, with that reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import alignkit
+from alignkit import functional as F
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+CUDA = torch.device("cuda")
+
+
+def _features(n_modalities: int = 3, n: int = 64, d: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, d, generator=g) + i for i in range(n_modalities)]
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda f: F.gaussian_mmd(f[0], f[1], "median"),
+        lambda f: F.multimodal_mmd(f, [1.0, 4.0], estimator="unbiased"),
+        lambda f: F.moment_matching_loss(f),
+        lambda f: F.decoupling_loss(f[0], f[1]),
+        lambda f: F.fit_gmm(f[0], 4, covariance_type="full", init="spaced").log_likelihood,
+        lambda f: F.bures_wasserstein_cost(f[0][:4], (f[1][:4, :, None] * f[1][:4, None, :]) + torch.eye(16, device=f[0].device), f[2][:3], f[2][:3] ** 2).sum(),
+    ],
+)
+def test_losses_match_the_cpu(loss) -> None:
+    cpu = _features()
+    assert torch.allclose(loss([x.to(CUDA) for x in cpu]).cpu(), loss(cpu), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["dense", "blocked", "keops"])
+def test_mmd_backends_agree_on_cuda(backend: str) -> None:
+    x, y = (t.to(CUDA).requires_grad_(True) for t in _features(2, n=3000, d=64))
+    value = F.gaussian_mmd(x, y, 8.0, backend=backend)
+    grads = torch.autograd.grad(value, [x, y])
+    x_ref, y_ref = (t.detach().clone().requires_grad_(True) for t in (x, y))
+    reference = F.gaussian_mmd(x_ref, y_ref, 8.0, backend="dense")
+    reference_grads = torch.autograd.grad(reference, [x_ref, y_ref])
+    assert torch.allclose(value, reference, rtol=1e-4)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-7) for a, b in zip(grads, reference_grads))
+
+
+def test_decalign_loss_under_cuda_autocast_returns_float32() -> None:
+    unique = [torch.randn(16, 5, 8, device=CUDA) for _ in range(3)]
+    common = [torch.randn(16, 5, 8, device=CUDA) for _ in range(3)]
+    loss = alignkit.DecAlignLoss(3, heterogeneity=alignkit.HeterogeneityLoss(3, prototypes=alignkit.GMMPrototypes(3)))
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = loss([u.half() for u in unique], [c.half() for c in common])
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total)
+
+
+def test_decalign_network_trains_on_cuda() -> None:
+    from alignkit_models.registry import create_model
+
+    dims = {"text": 768, "audio": 5, "vision": 20}
+    model = create_model("decalign", input_dims=dims, dim=32, n_heads=4, n_layers=2).to(CUDA).train()
+    features = {m: torch.randn(16, 10, d, device=CUDA) for m, d in dims.items()}
+    labels = torch.randn(16, device=CUDA)
+    model.loss(model(features, None, labels), labels).total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

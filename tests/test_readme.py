@@ -1,0 +1,39 @@
+"""The README's set-up commands are the ones CI runs, and its examples stay runnable."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    text = (ROOT / "README.md").read_text()
+    first_block = text.index("```bash")
+    assert text[:first_block].strip() == "# alignkit"
+    commands = _readme_commands()[:2]
+    assert commands[0].endswith("alignkit train --model decalign --dataset uci-mfeat")
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci_lines = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci_lines[-1] == _readme_commands()[1]
+
+
+def test_drop_in_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(ROOT / "examples" / "drop_in_losses.py"), run_name="__main__")
+    assert "epoch 4" in capsys.readouterr().out
+
+
+def test_drop_in_example_is_under_forty_lines() -> None:
+    lines = [l for l in (ROOT / "examples" / "drop_in_losses.py").read_text().splitlines() if l.strip()]
+    assert len(lines) < 40
