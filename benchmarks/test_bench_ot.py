@@ -41,7 +41,8 @@ def _two_marginal(n: int, impl: str, device: torch.device):
 
 
 def _multi_marginal(m: int, k: int, device: torch.device):
-    """M random Gaussian mixtures' Bures costs, converged to tol 1e-6 (float32, like training)."""
+    """M random mixtures' costs, converged (float32, like training) to tol 1e-6, or 1e-5 above
+    10^5 entries, where float32 sums cannot certify 1e-6."""
     from alignkit.functional import joint_cost_tensor, multi_marginal_sinkhorn
 
     g = torch.Generator().manual_seed(m * 100 + k)
@@ -51,8 +52,10 @@ def _multi_marginal(m: int, k: int, device: torch.device):
     weights = [torch.full((k,), 1.0 / k, device=device) for _ in range(m)]
     epsilon = 0.1 * float(cost.mean())
 
+    tol = 1e-6 if cost.numel() <= 100_000 else 1e-5
+
     def run() -> None:
-        result = multi_marginal_sinkhorn(cost, weights, epsilon, tol=1e-6, max_iter=10_000)
+        result = multi_marginal_sinkhorn(cost, weights, epsilon, tol=tol, max_iter=10_000)
         assert result.converged
 
     return run
@@ -65,4 +68,5 @@ def test_entropic_ot(benchmark, device, case: tuple) -> None:
         measure(benchmark, _two_marginal(size, variant, device), device, rounds=5 if size <= 100 else 2, n=size, impl=variant)
     else:
         benchmark.group = f"multi-marginal OT M={size} K={variant}"
-        measure(benchmark, _multi_marginal(size, variant, device), device, rounds=20, M=size, K=variant, impl="alignkit")
+        rounds = 20 if variant**size <= 4096 else 3
+        measure(benchmark, _multi_marginal(size, variant, device), device, rounds=rounds, M=size, K=variant, impl="alignkit")

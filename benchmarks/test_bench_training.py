@@ -53,7 +53,7 @@ def step_breakdown(model, optimizer, loader) -> dict[str, float]:
     for batch in loader:
         features, masks, labels = batch["features"], batch["masks"], batch["labels"]
         full_masks = model.check_inputs(features, masks)
-        unique, common = timed("network: encoders", lambda: model.encode(features, full_masks))
+        unique, common = timed("network: encoders", lambda: model.encode(features))
         fused = timed("network: cross-modal transformers + fusion", lambda: model.fuse(unique, common, full_masks))
         prediction = timed("network: head", lambda: model.head_output(model.head(model.output_dropout(fused))))
         task = timed("loss: task", lambda: model.task_loss(prediction, labels))

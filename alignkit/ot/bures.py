@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from alignkit._checks import check_same_kind, check_tensor, compute_dtype, full_precision
-from alignkit.ot.sqrtm import sqrt_diagonal, unchecked_sqrtm_psd
+from alignkit.ot.sqrtm import sqrt_diagonal, trace_sqrtm_psd, unchecked_sqrtm_psd
 
 
 def _check_component_set(means: Tensor, covariances: Tensor, side: str) -> None:
@@ -70,10 +70,9 @@ def bures_wasserstein_cost(
     if covariances_b.ndim == 2:
         covariances_b = covariances_b.diag_embed()
     root_a = unchecked_sqrtm_psd(covariances_a).unsqueeze(1)  # (K_a, 1, d, d)
-    cross = unchecked_sqrtm_psd(root_a @ covariances_b.unsqueeze(0) @ root_a)  # (K_a, K_b, d, d)
+    trace_cross = trace_sqrtm_psd(root_a @ covariances_b.unsqueeze(0) @ root_a)  # (K_a, K_b)
     trace_a = covariances_a.diagonal(dim1=-2, dim2=-1).sum(-1)
     trace_b = covariances_b.diagonal(dim1=-2, dim2=-1).sum(-1)
-    trace_cross = cross.diagonal(dim1=-2, dim2=-1).sum(-1)
     covariance_term = trace_a.unsqueeze(1) + trace_b.unsqueeze(0) - 2.0 * trace_cross
     # Round-off can leave -1e-16 for equal components; the cost is a squared distance.
     return (mean_term + covariance_term).clamp_min(0.0)

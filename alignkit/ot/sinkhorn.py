@@ -109,17 +109,17 @@ def _log_marginal(log_plan: Tensor, axis: int) -> Tensor:
     return torch.logsumexp(log_plan, dim=other_axes) if other_axes else log_plan
 
 
-def _broadcast(vector: Tensor, axis: int, ndim: int) -> Tensor:
+def _axis_shape(size: int, axis: int, ndim: int) -> list[int]:
     view = [1] * ndim
-    view[axis] = vector.shape[0]
-    return vector.reshape(view)
+    view[axis] = size
+    return view
 
 
 def _log_plan(cost: Tensor, potentials: Sequence[Tensor], epsilon: float) -> Tensor:
     """``(sum_i f_i - C) / epsilon`` from scratch (no accumulated round-off)."""
     log_plan = -cost / epsilon
     for axis, f in enumerate(potentials):
-        log_plan = log_plan + _broadcast(f / epsilon, axis, cost.ndim)
+        log_plan = log_plan + (f / epsilon).view(_axis_shape(f.shape[0], axis, cost.ndim))
     return log_plan
 
 
@@ -137,23 +137,33 @@ def _sinkhorn_iterations(
     tol: float,
     check_every: int,
 ) -> tuple[list[Tensor], int, bool, float]:
-    """Cyclic potential updates; returns potentials, sweeps done, converged flag, final error."""
+    """Cyclic potential updates; returns potentials, sweeps done, converged flag, final error.
+
+    Potentials are kept in units of ``epsilon`` inside the loop (two fewer operations per
+    update), and without autograd the plan is updated in place: small problems are bound by
+    per-operation overhead, not arithmetic.
+    """
     n_axes = cost.ndim
-    potentials = [torch.zeros_like(log_nu) for log_nu in log_marginals]
+    shapes = [_axis_shape(log_nu.shape[0], axis, n_axes) for axis, log_nu in enumerate(log_marginals)]
+    other_axes = [[a for a in range(n_axes) if a != axis] for axis in range(n_axes)]
+    in_place = not torch.is_grad_enabled()  # envelope mode; unrolled keeps every step for autograd
+    scaled = [torch.zeros_like(log_nu) for log_nu in log_marginals]
     log_plan = -cost / epsilon
     error = math.inf
+    marginals = [nu.detach() for nu in marginals]
     for sweep in range(1, max_iter + 1):
         for axis, log_nu in enumerate(log_marginals):
-            step = epsilon * (log_nu - _log_marginal(log_plan, axis))
-            potentials[axis] = potentials[axis] + step
-            log_plan = log_plan + _broadcast(step / epsilon, axis, n_axes)
+            step = log_nu - torch.logsumexp(log_plan, dim=other_axes[axis])
+            scaled[axis] = scaled[axis] + step
+            log_plan = log_plan.add_(step.view(shapes[axis])) if in_place else log_plan + step.view(shapes[axis])
         if sweep % check_every == 0 or sweep == max_iter:
+            potentials = [epsilon * g for g in scaled]
             log_plan = _log_plan(cost, potentials, epsilon)
             # One host sync per check, not per iteration.
-            error = float(_marginal_error(log_plan.detach(), [nu.detach() for nu in marginals]))
+            error = float(_marginal_error(log_plan.detach(), marginals))
             if error < tol:
                 return potentials, sweep, True, error
-    return potentials, max_iter, False, error
+    return [epsilon * g for g in scaled], max_iter, False, error
 
 
 def _check_marginals(marginals: Sequence[Tensor], cost: Tensor) -> list[Tensor]:

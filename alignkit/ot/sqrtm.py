@@ -86,3 +86,29 @@ class _SqrtDiagonal(torch.autograd.Function):
 def sqrt_diagonal(variances: Tensor) -> Tensor:
     """``sqrt`` of variances ``(..., d)`` with the same floored backward as :func:`sqrtm_psd`."""
     return _SqrtDiagonal.apply(variances)
+
+
+class _TraceSqrtmPSD(torch.autograd.Function):
+    """``Tr(A^{1/2})``: eigenvalues only when no gradient is needed (about twice as fast)."""
+
+    @staticmethod
+    def forward(ctx, matrix: Tensor) -> Tensor:  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return torch.linalg.eigvalsh(matrix).clamp_min(0.0).sqrt().sum(-1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+        root = eigenvalues.clamp_min(0.0).sqrt()
+        ctx.save_for_backward(eigenvectors, root)
+        return root.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        # d Tr(A^{1/2}) = Tr(dA A^{-1/2}) / 2: the sqrtm backward with an identity upstream gradient.
+        eigenvectors, root = ctx.saved_tensors
+        scale = grad.unsqueeze(-1) / (2.0 * root).clamp_min(_gradient_floor(root))
+        return (eigenvectors * scale.unsqueeze(-2)) @ eigenvectors.mT
+
+
+def trace_sqrtm_psd(matrix: Tensor) -> Tensor:
+    """``Tr(sqrtm(A))`` for validated, symmetric PSD ``(..., d, d)`` -> ``(...)``; the same finite
+    backward as :func:`sqrtm_psd` (internal: callers validate and cast)."""
+    return _TraceSqrtmPSD.apply(0.5 * (matrix + matrix.mT))

@@ -68,13 +68,20 @@ def _log_gaussian_diag(x: Tensor, means: Tensor, variances: Tensor) -> Tensor:
 
 def _log_gaussian_full(x: Tensor, means: Tensor, covariances: Tensor) -> Tensor:
     """``log N(x_n; mu_k, S_k)``: ``x (G, N, d)``, ``means (G, K, d)``, ``covariances (G, K, d, d)``."""
-    cholesky = torch.linalg.cholesky(covariances)  # (G, K, d, d)
-    centered = (x.unsqueeze(1) - means.unsqueeze(2)).mT  # (G, K, d, N)
-    solved = torch.linalg.solve_triangular(cholesky, centered, upper=False)
-    quadratic = solved.pow(2).sum(-2)  # (G, K, N)
+    cholesky = torch.linalg.cholesky(covariances)  # (G, K, d, d), S = L L^T
+    # |L^{-1}(x - mu)|^2 with the inverse factor applied by one matrix product per component
+    # (as scikit-learn does); inverting K small triangular factors is cheap, N solves are not.
+    batch, n_samples, dim = x.shape
+    n_components = means.shape[1]
+    eye = torch.eye(dim, dtype=x.dtype, device=x.device)
+    inverse_factor = torch.linalg.solve_triangular(cholesky, eye, upper=False).mT  # (G, K, d, d) = L^{-T}
+    # All components in one product: x @ [A_1 ... A_K] - [mu_1 A_1 ... mu_K A_K], (G, N, K d).
+    stacked = inverse_factor.permute(0, 2, 1, 3).reshape(batch, dim, n_components * dim)
+    shift = (means.unsqueeze(-2) @ inverse_factor).reshape(batch, 1, n_components * dim)
+    projected = torch.baddbmm(-shift, x, stacked)
+    quadratic = projected.square().view(batch, n_samples, n_components, dim).sum(-1)  # (G, N, K)
     log_det = 2.0 * cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (G, K)
-    log_density = -0.5 * (x.shape[-1] * math.log(2.0 * math.pi) + log_det.unsqueeze(-1) + quadratic)
-    return log_density.mT
+    return -0.5 * (dim * math.log(2.0 * math.pi) + log_det.unsqueeze(-2) + quadratic)
 
 
 def _e_step(

@@ -174,18 +174,16 @@ class DecAlign(MultimodalModel):
                 prototypes=alignkit.GMMPrototypes(
                     n_components, covariance_type=covariance_type, n_iter=gmm_iterations, grad="last_step", momentum=gmm_momentum
                 ),
-                transport=alignkit.PrototypeOTLoss(
-                    epsilon=ot_epsilon, matching=matching, ot_weight=float(use_proto_ot), proto_weight=float(use_proto_ot)
-                ),
+                transport=alignkit.PrototypeOTLoss(epsilon=ot_epsilon, matching=matching),
             ),
             homogeneity=alignkit.HomogeneityLoss(mmd=alignkit.MMDLoss(sigma=mmd_sigma), use_sem=use_sem, use_mmd=use_mmd),
             use_decoupling=use_decoupling,
-            use_hete=use_hete and use_proto_ot,
+            use_hete=use_hete and use_proto_ot,  # L_hete is the prototype OT (+ calibration) term
             use_homo=use_homo and (use_sem or use_mmd),
             sample_granularity=sample_granularity,
         )
 
-    def encode(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def encode(self, features: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Unique and common feature sequences ``(B, T_m, d)`` per modality (section 3.1)."""
         unique, common = {}, {}
         for m in self.modalities:
@@ -222,7 +220,7 @@ class DecAlign(MultimodalModel):
         labels: Tensor | None = None,
     ) -> ModelOutput:
         masks = self.check_inputs(features, masks)
-        unique, common = self.encode(features, masks)
+        unique, common = self.encode(features)
         fused = self.fuse(unique, common, masks)
         prediction = self.head_output(self.head(self.output_dropout(fused)))
         output = ModelOutput(prediction, representation=fused)

@@ -69,7 +69,7 @@ def test_without_decoupling_both_streams_are_one() -> None:
     model = _small(DIMS[3], use_decoupling=False)
     assert model.common_encoder is None
     features, masks = _inputs(DIMS[3])
-    unique, common = model.encode(features, masks)
+    unique, common = model.encode(features)
     assert all(unique[m] is common[m] for m in unique)
 
 
