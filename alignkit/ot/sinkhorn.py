@@ -154,15 +154,17 @@ def _sinkhorn_iterations(
     for sweep in range(1, max_iter + 1):
         for axis, log_nu in enumerate(log_marginals):
             step = log_nu - torch.logsumexp(log_plan, dim=other_axes[axis])
-            scaled[axis] = scaled[axis] + step
-            log_plan = log_plan.add_(step.view(shapes[axis])) if in_place else log_plan + step.view(shapes[axis])
+            if in_place:
+                scaled[axis].add_(step)
+                log_plan.add_(step.view(shapes[axis]))
+            else:
+                scaled[axis] = scaled[axis] + step
+                log_plan = log_plan + step.view(shapes[axis])
         if sweep % check_every == 0 or sweep == max_iter:
-            potentials = [epsilon * g for g in scaled]
-            log_plan = _log_plan(cost, potentials, epsilon)
-            # One host sync per check, not per iteration.
-            error = float(_marginal_error(log_plan.detach(), marginals))
+            # The last axis was just matched exactly; one host sync per check, not per sweep.
+            error = float(_marginal_error(log_plan.detach(), marginals[:-1]))
             if error < tol:
-                return potentials, sweep, True, error
+                return [epsilon * g for g in scaled], sweep, True, error
     return [epsilon * g for g in scaled], max_iter, False, error
 
 

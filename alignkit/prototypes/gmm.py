@@ -54,11 +54,11 @@ class GaussianMixture:
     covariance_type: str
 
 
-def _log_gaussian_diag(x: Tensor, means: Tensor, variances: Tensor) -> Tensor:
-    """``log N(x_n; mu_k, diag(v_k))``: ``x (G, N, d)``, ``means, variances (G, K, d)`` -> ``(G, N, K)``."""
+def _log_gaussian_diag(x: Tensor, x_sq: Tensor, means: Tensor, variances: Tensor) -> Tensor:
+    """``log N(x_n; mu_k, diag(v_k))``: ``x, x_sq = x * x (G, N, d)``, ``means, variances (G, K, d)`` -> ``(G, N, K)``."""
     precisions = 1.0 / variances
     quadratic = (
-        (x * x) @ precisions.mT
+        x_sq @ precisions.mT
         - 2.0 * x @ (means * precisions).mT
         + (means * means * precisions).sum(-1).unsqueeze(-2)
     ).clamp_min(0.0)
@@ -79,23 +79,28 @@ def _log_gaussian_full(x: Tensor, means: Tensor, covariances: Tensor) -> Tensor:
     stacked = inverse_factor.permute(0, 2, 1, 3).reshape(batch, dim, n_components * dim)
     shift = (means.unsqueeze(-2) @ inverse_factor).reshape(batch, 1, n_components * dim)
     projected = torch.baddbmm(-shift, x, stacked)
-    quadratic = projected.square().view(batch, n_samples, n_components, dim).sum(-1)  # (G, N, K)
+    # In place when nothing needs its gradient: one fewer (N, K d) buffer per E-step.
+    projected = projected.square() if projected.requires_grad else projected.square_()
+    quadratic = projected.view(batch, n_samples, n_components, dim).sum(-1)  # (G, N, K)
     log_det = 2.0 * cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (G, K)
     return -0.5 * (dim * math.log(2.0 * math.pi) + log_det.unsqueeze(-2) + quadratic)
 
 
 def _e_step(
-    x: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance_type: str
+    x: Tensor, x_sq: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance_type: str
 ) -> tuple[Tensor, Tensor]:
-    """Log responsibilities ``(G, N, K)`` and mean log-likelihood ``(G,)``."""
-    log_density = (_log_gaussian_diag if covariance_type == "diag" else _log_gaussian_full)(x, means, covariances)
+    """Log responsibilities ``(G, N, K)`` and mean log-likelihood ``(G,)``; ``x_sq = x * x``."""
+    if covariance_type == "diag":
+        log_density = _log_gaussian_diag(x, x_sq, means, covariances)
+    else:
+        log_density = _log_gaussian_full(x, means, covariances)
     log_joint = log_density + weights.log().unsqueeze(-2)
     log_norm = torch.logsumexp(log_joint, dim=-1, keepdim=True)
     return log_joint - log_norm, log_norm.squeeze(-1).mean(-1)
 
 
 def _m_step(
-    x: Tensor, log_resp: Tensor, covariance_type: str, reg_covar: float
+    x: Tensor, x_sq: Tensor, log_resp: Tensor, covariance_type: str, reg_covar: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weights ``(G, K)``, means ``(G, K, d)``, covariances from responsibilities (scikit-learn's M-step)."""
     resp = log_resp.exp()
@@ -103,12 +108,11 @@ def _m_step(
     weights = counts / counts.sum(-1, keepdim=True)
     means = resp.mT @ x / counts.unsqueeze(-1)
     if covariance_type == "diag":
-        second_moment = resp.mT @ (x * x) / counts.unsqueeze(-1)
+        second_moment = resp.mT @ x_sq / counts.unsqueeze(-1)
         covariances = (second_moment - means * means).clamp_min(0.0) + reg_covar
     else:
-        centered = x.unsqueeze(1) - means.unsqueeze(2)  # (G, K, N, d)
-        weighted = centered * resp.mT.unsqueeze(-1)
-        covariances = weighted.mT @ centered / counts[..., None, None]
+        centered = x.unsqueeze(1) - means.unsqueeze(2)  # (G, K, N, d), centred per component for accuracy
+        covariances = (centered * resp.mT.unsqueeze(-1)).mT @ centered / counts[..., None, None]
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         covariances = covariances + reg_covar * eye
     return weights, means, covariances
@@ -243,12 +247,13 @@ def fit_gmm(
         else _initial_covariances(xc, n_components, covariance_type, reg_covar)
     )
 
+    xc_sq = xc * xc  # shared by every diagonal E- and M-step
     for step in range(n_iter):
         differentiable = grad == "unrolled" or step == n_iter - 1
         with contextlib.nullcontext() if differentiable else torch.no_grad():
-            log_resp, _ = _e_step(xc, weights, means, covariances, covariance_type)
-            weights, means, covariances = _m_step(xc, log_resp, covariance_type, reg_covar)
-    log_resp, log_likelihood = _e_step(xc, weights, means, covariances, covariance_type)
+            log_resp, _ = _e_step(xc, xc_sq, weights, means, covariances, covariance_type)
+            weights, means, covariances = _m_step(xc, xc_sq, log_resp, covariance_type, reg_covar)
+    log_resp, log_likelihood = _e_step(xc, xc_sq, weights, means, covariances, covariance_type)
 
     means = means + center
     result = (weights, means, covariances, log_resp.exp(), log_likelihood)
