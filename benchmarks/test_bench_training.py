@@ -32,7 +32,7 @@ def _setup(n_train: int):
     torch.manual_seed(0)
     model = build_model(config, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.protocol.lr, weight_decay=config.protocol.weight_decay, foreach=True)
-    loader = DataLoader(SplitDataset(data.train, model.modalities), batch_size=32, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(SplitDataset(data.train, model.modalities), batch_size=32, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0), drop_last=True)
     return model, optimizer, loader, config
 
 
