@@ -2,14 +2,20 @@
 
 ``backend="auto"`` follows this table (first matching row wins):
 
-=====================================  ===========
-condition                              backend
-=====================================  ===========
-``$ALIGNKIT_BACKEND`` is set           that value
-``N * M <= DENSE_MAX_ELEMENTS``        ``dense``
-CUDA tensor and pykeops compiles       ``keops``
-otherwise                              ``blocked``
-=====================================  ===========
+=============================================  ===========
+condition                                      backend
+=============================================  ===========
+``$ALIGNKIT_BACKEND`` is set                   that value
+CPU tensor, ``N * M <= CPU_DENSE_MAX``         ``dense``
+CUDA tensor, ``N * M <= CUDA_DENSE_MAX``       ``dense``
+CUDA tensor and pykeops compiles               ``keops``
+otherwise                                      ``blocked``
+=============================================  ===========
+
+On the CPU the blocked backend, which computes value and gradient in one pass, was faster than
+the dense one from ``N = M = 128`` up (``benchmarks/README.md``); on a GPU the dense kernel
+matrix is cheap until memory runs short, and KeOps takes over beyond it (threshold not yet
+measured on a GPU).
 
 A KeOps compilation failure under ``"auto"`` falls back to ``blocked`` with one warning;
 an explicit ``backend="keops"`` raises instead.
@@ -30,8 +36,10 @@ Backend = Literal["auto", "dense", "blocked", "keops"]
 BACKENDS = ("auto", "dense", "blocked", "keops")
 ENV_VAR = "ALIGNKIT_BACKEND"
 
-DENSE_MAX_ELEMENTS = 4096 * 4096
-"""Largest ``N * M`` that ``auto`` computes densely (64 MB per float32 kernel matrix)."""
+CPU_DENSE_MAX = 128 * 128
+"""Largest ``N * M`` that ``auto`` computes densely on a CPU."""
+CUDA_DENSE_MAX = 4096 * 4096
+"""Largest ``N * M`` that ``auto`` computes densely on a GPU (64 MB per float32 kernel matrix)."""
 
 
 def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
@@ -43,7 +51,7 @@ def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
     if override:
         check_choice(override, ENV_VAR, BACKENDS[1:])
         return override
-    if n * m <= DENSE_MAX_ELEMENTS:
+    if n * m <= (CUDA_DENSE_MAX if device_type == "cuda" else CPU_DENSE_MAX):
         return "dense"
     if device_type == "cuda" and not _KEOPS_FAILED and keops.unavailable_reason() is None:
         return "keops"

@@ -95,7 +95,13 @@ def test_blocked_gradient_wrt_one_input_only(small_tiles) -> None:
 
 @pytest.mark.parametrize(
     ("n", "m", "device", "expected"),
-    [(100, 100, "cpu", "dense"), (4096, 4096, "cpu", "dense"), (4097, 4096, "cpu", "blocked"), (100_000, 100_000, "cpu", "blocked")],
+    [
+        (100, 100, "cpu", "dense"),
+        (128, 128, "cpu", "dense"),
+        (129, 128, "cpu", "blocked"),
+        (100_000, 100_000, "cpu", "blocked"),
+        (4096, 4096, "cuda", "dense"),
+    ],
 )
 def test_auto_rule_table(n: int, m: int, device: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
