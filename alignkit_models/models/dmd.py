@@ -84,6 +84,11 @@ def margin_loss(codes: Tensor, labels: Tensor, margins: Tensor) -> Tensor:
     different label; the loss is ``sum relu(margins[a, n] - cos(a, p) + cos(a, n))`` divided by
     the number of triples (0 when there is none).
 
+    Per anchor, ``sum_{p, n} relu(x_n - y_p)`` with ``x_n = margins[a, n] + cos(a, n)`` and
+    ``y_p = cos(a, p)`` equals ``sum_n (c_n x_n - S_n)``, where ``c_n`` counts the ``y_p < x_n`` and
+    ``S_n`` is their sum: sorting the ``y`` makes this ``O(N^2 log N)`` instead of the
+    ``O(N^3)`` triple tensor (56 M entries for six modalities of 64 samples).
+
     Args:
         codes: ``(N, d)``.
         labels: ``(N,)``.
@@ -92,9 +97,16 @@ def margin_loss(codes: Tensor, labels: Tensor, margins: Tensor) -> Tensor:
     cos = cosine_similarity(codes.unsqueeze(1), codes.unsqueeze(0))  # (N, N)
     same = labels.unsqueeze(1) == labels.unsqueeze(0)
     positive = same & ~torch.eye(len(codes), dtype=torch.bool, device=codes.device)
-    triples = positive.unsqueeze(2) & ~same.unsqueeze(1)  # [a, p, n]
-    hinge = F.relu(margins.unsqueeze(1) - cos.unsqueeze(2) + cos.unsqueeze(1))
-    return (hinge * triples).sum() / triples.sum().clamp_min(1)
+    negative = ~same
+    # Non-positives sort last (+inf) and are never counted; their value never enters a sum.
+    y_sorted, _ = torch.where(positive, cos, torch.inf).sort(dim=1)
+    finite = torch.where(torch.isinf(y_sorted), torch.zeros_like(y_sorted), y_sorted)
+    prefix = torch.cat([torch.zeros_like(finite[:, :1]), finite.cumsum(1)], dim=1)  # (N, N + 1)
+    x = margins + cos
+    counts = torch.searchsorted(y_sorted.detach(), x.detach().contiguous())  # y_p < x_n per (a, n)
+    per_pair = counts.to(x.dtype) * x - prefix.gather(1, counts)
+    triples = positive.sum(1) * negative.sum(1)
+    return (per_pair * negative).sum() / triples.sum().clamp_min(1)
 
 
 def favoured_edges(modalities: Sequence[str], *, heterogeneous: bool) -> set[Edge]:

@@ -349,3 +349,22 @@ def test_models_needing_a_fine_tuned_language_model_are_registered_as_adapted() 
         ("misa", "self_mm", "dmd", "cenet"), "adapted"
     )
     assert fidelity["mult"] == fidelity["cggm"] == "faithful"
+
+
+def test_dmd_margin_loss_equals_the_explicit_triple_sum() -> None:
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randn(24, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (24,), generator=g)
+    margins = torch.rand(24, 24, generator=g, dtype=torch.float64) * 0.5
+    from alignkit.decoupling import cosine_similarity
+
+    cos = cosine_similarity(codes.unsqueeze(1), codes.unsqueeze(0))
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~torch.eye(24, dtype=torch.bool)
+    triples = positive.unsqueeze(2) & ~same.unsqueeze(1)
+    explicit = (torch.relu(margins.unsqueeze(1) - cos.unsqueeze(2) + cos.unsqueeze(1)) * triples).sum() / triples.sum()
+    fast = margin_loss(codes, labels, margins)
+    assert torch.allclose(fast, explicit, rtol=1e-12)
+    (grad_fast,) = torch.autograd.grad(fast, codes)
+    (grad_explicit,) = torch.autograd.grad(explicit, codes)
+    assert torch.allclose(grad_fast, grad_explicit, rtol=1e-9, atol=1e-12)
