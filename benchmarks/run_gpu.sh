@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# One prepared command for a lent GPU machine (no network there: everything comes from the
-# carried virtual environment). Runs the GPU tests and the full benchmark suite on CUDA, and
-# leaves the JSON (named after the device) in $OUT, or in benchmarks/results/ when $OUT is unset.
-#   bash benchmarks/run_gpu.sh
-set -euo pipefail
+# One prepared command for a lent GPU machine, which has no network: it uses that machine's python3
+# (a CUDA build of torch) and installs what it lacks from wheels carried in .whl/ (see README.md
+# here for how to fetch them). Runs the GPU tests, then the full benchmark suite on CUDA, one JSON
+# per group, into $OUT (or benchmarks/results/ when $OUT is unset), named after the device.
+#   bash benchmarks/run_gpu.sh                      # or BENCH_GROUPS="mmd ot" bash ... for some groups
+set -uo pipefail
 cd "$(dirname "$0")/.."
-. .venv/bin/activate
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/alignkit-site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/alignkit-site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
-device="$(python -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "-"))')"
-stamp="$(date +%Y-%m-%d)"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu-$device-$stamp.txt"
-python -m pytest -q tests/gpu tests/core/test_backends.py 2>&1 | tail -n 5 | tee -a "$out/gpu-$device-$stamp.txt"
-python -m pytest benchmarks/ --full --device cuda --benchmark-only --benchmark-json="$out/gpu-$device-$stamp.json" -q 2>&1 | tail -n 40 | tee -a "$out/gpu-$device-$stamp.txt"
+device="$(python3 -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "-"))')" || exit 1
+name="gpu-$device-$(date +%Y-%m-%d)"
+log="$out/$name.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$log"
+python3 -c 'import torch, pykeops; print("torch", torch.__version__, "cuda", torch.version.cuda, "pykeops", pykeops.__version__)' >> "$log" 2>&1
+# Each step has its own time limit, so that one slow group cannot take the others' results with it.
+timeout 300 python3 -c 'from alignkit.kernels.backends.keops import unavailable_reason as r; print("KeOps on CUDA:", r("cuda") or "runs")' 2>&1 | tee -a "$log"
+timeout 200 python3 -m pytest -q -rs -p no:cacheprovider tests/gpu 2>&1 | tee -a "$log" | tail -n 15
+for group in ${BENCH_GROUPS:-mmd decalign training gmm bures ot}; do
+  timeout 200 python3 -m pytest -q -p no:cacheprovider "benchmarks/test_bench_$group.py" --full --device cuda \
+    --benchmark-only --benchmark-columns=median,min,max,rounds --benchmark-json="$out/$name-$group.json" 2>&1 \
+    | tee -a "$log" | tail -n 30
+done

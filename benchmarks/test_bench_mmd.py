@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import measure
 
@@ -48,6 +49,11 @@ def _geomloss(backend: str, x: torch.Tensor, y: torch.Tensor):
 
 def test_mmd_forward_backward(benchmark, device, case: tuple[int, str]) -> None:
     n, impl = case
+    if impl in ("alignkit-keops", "geomloss-online"):  # both are KeOps reductions
+        from alignkit.kernels.backends.keops import unavailable_reason
+
+        if (reason := unavailable_reason(device.type)) is not None:
+            pytest.skip(f"KeOps cannot run on {device.type} here: {reason}")
     benchmark.group = f"mmd fwd+bwd N=M={n} d={D}"
     x, y = _inputs(n, device)
     library, backend = impl.split("-")

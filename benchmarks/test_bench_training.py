@@ -39,18 +39,24 @@ def _setup(n_train: int):
 def step_breakdown(model, optimizer, loader) -> dict[str, float]:
     """Mean milliseconds per step of each phase, timed around the network's own parts."""
     from alignkit.losses import sample_sets
+    from alignkit_models.training.trainer import to_device
 
     phases: dict[str, float] = {}
+
+    device = next(model.parameters()).device
 
     def timed(name, fn):
         start = time.perf_counter()
         result = fn()
+        if device.type == "cuda":  # time the GPU work, not its launch
+            torch.cuda.synchronize(device)
         phases[name] = phases.get(name, 0.0) + (time.perf_counter() - start) * 1e3
         return result
 
     model.train()
     steps = 0
     for batch in loader:
+        batch = to_device(batch, device)
         features, masks, labels = batch["features"], batch["masks"], batch["labels"]
         full_masks = model.check_inputs(features, masks)
         unique, common = timed("network: encoders", lambda: model.encode(features))

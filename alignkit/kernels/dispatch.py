@@ -8,17 +8,20 @@ condition                                      backend
 ``$ALIGNKIT_BACKEND`` is set                   that value
 CPU tensor, ``N * M <= CPU_DENSE_MAX``         ``dense``
 CUDA tensor, ``N * M <= CUDA_DENSE_MAX``       ``dense``
-CUDA tensor and pykeops compiles               ``keops``
+CUDA tensor and a KeOps probe runs             ``keops``
 otherwise                                      ``blocked``
 =============================================  ===========
 
 On the CPU the blocked backend, which computes value and gradient in one pass, was faster than
-the dense one from ``N = M = 128`` up (``benchmarks/README.md``); on a GPU the dense kernel
-matrix is cheap until memory runs short, and KeOps takes over beyond it (threshold not yet
-measured on a GPU).
+the dense one from ``N = M = 128`` up; on an H200 it tied dense from ``N = M = 1k`` up, with a
+quarter of the memory at 4k and 1.8x the speed at 16k (``benchmarks/README.md``). Whether KeOps
+beats blocked on a GPU is not measured yet: KeOps 2.3 crashed on the only GPU we had (CUDA 13.0).
 
-A KeOps compilation failure under ``"auto"`` falls back to ``blocked`` with one warning;
-an explicit ``backend="keops"`` raises instead.
+Whether KeOps runs on a GPU is checked once per process by a small reduction in a child process
+(:func:`alignkit.kernels.backends.keops.unavailable_reason`): some KeOps/CUDA combinations crash
+the process outright (KeOps 2.3 with CUDA 13.0 did on an H200), which no ``except`` could catch.
+A KeOps failure under ``"auto"`` falls back to ``blocked`` with one warning; an explicit
+``backend="keops"`` raises :class:`~alignkit.kernels.backends.keops.KeOpsUnavailable` instead.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ ENV_VAR = "ALIGNKIT_BACKEND"
 
 CPU_DENSE_MAX = 128 * 128
 """Largest ``N * M`` that ``auto`` computes densely on a CPU."""
-CUDA_DENSE_MAX = 4096 * 4096
-"""Largest ``N * M`` that ``auto`` computes densely on a GPU (64 MB per float32 kernel matrix)."""
+CUDA_DENSE_MAX = 1024 * 1024
+"""Largest ``N * M`` that ``auto`` computes densely on a GPU: on an H200 blocked tied dense at
+1k and 4k with a quarter of the memory, and was 1.8x faster at 16k."""
 
 
 def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
@@ -53,7 +57,7 @@ def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
         return override
     if n * m <= (CUDA_DENSE_MAX if device_type == "cuda" else CPU_DENSE_MAX):
         return "dense"
-    if device_type == "cuda" and not _KEOPS_FAILED and keops.unavailable_reason() is None:
+    if device_type == "cuda" and not _KEOPS_FAILED and keops.unavailable_reason("cuda") is None:
         return "keops"
     return "blocked"
 
