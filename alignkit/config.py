@@ -46,6 +46,7 @@ class GMMPrototypesConfig(_Config):
     seed: int | None = 0
     grad: Literal["unrolled", "last_step"] = "unrolled"
     momentum: float | None = Field(default=None, gt=0.0, le=1.0)
+    backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
 
     def build(self) -> GMMPrototypes:
         return GMMPrototypes(**self.model_dump())
@@ -61,6 +62,7 @@ class PrototypeOTLossConfig(_Config):
     ot_weight: float = Field(default=1.0, ge=0.0)
     proto_weight: float = Field(default=1.0, ge=0.0)
     max_elements: PositiveInt = MAX_COST_ELEMENTS
+    backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
 
     def build(self) -> PrototypeOTLoss:
         return PrototypeOTLoss(**self.model_dump())

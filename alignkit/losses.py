@@ -66,7 +66,8 @@ class GMMPrototypes(nn.Module):
     the fitted weights, means and covariances, updated in training mode). Each fit then starts
     from them instead of from k-means++: component ``k`` keeps its meaning from batch to batch,
     and a few EM steps suffice even on small batches. The returned mixture is always the one
-    fitted to the current batch, so gradients reach the features.
+    fitted to the current batch, so gradients reach the features. The other options are those of
+    :func:`alignkit.functional.fit_gmm` (``backend`` chooses how the E-step is computed).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class GMMPrototypes(nn.Module):
         seed: int | None = 0,
         grad: GMMGrad = "unrolled",
         momentum: float | None = None,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__()
         if momentum is not None and not 0.0 < momentum <= 1.0:
@@ -92,6 +94,7 @@ class GMMPrototypes(nn.Module):
         self.seed = seed
         self.grad = grad
         self.momentum = momentum
+        self.backend = backend
         self.running_weights: Tensor | None
         self.running_means: Tensor | None
         self.running_covariances: Tensor | None
@@ -121,6 +124,7 @@ class GMMPrototypes(nn.Module):
             reg_covar=self.reg_covar,
             seed=self.seed,
             grad=self.grad,
+            backend=self.backend,
         )
         if self.momentum is not None and self.training:
             self._update_running(mixture)
@@ -148,7 +152,8 @@ class PrototypeOTLoss(nn.Module):
     The joint cost sums pairwise Bures costs ``W2^2`` between the modalities' components (eqs.
     5-6); the marginals are the mixture weights (eq. 8). With ``relative_epsilon`` (default) the
     entropic ``epsilon`` is multiplied by the mean joint cost (without gradient), so one setting
-    works whatever the scale of the features.
+    works whatever the scale of the features. ``backend`` is that of the calibration distances
+    (:func:`alignkit.functional.prototype_calibration_loss`).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class PrototypeOTLoss(nn.Module):
         ot_weight: float = 1.0,
         proto_weight: float = 1.0,
         max_elements: int = MAX_COST_ELEMENTS,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__()
         self.epsilon = check_positive(epsilon, "epsilon")
@@ -174,6 +180,7 @@ class PrototypeOTLoss(nn.Module):
         self.ot_weight = ot_weight
         self.proto_weight = proto_weight
         self.max_elements = max_elements
+        self.backend = check_choice(backend, "backend", ["auto", "dense", "blocked", "keops"])
 
     def forward(self, features: Sequence[Tensor], mixtures: Sequence[GaussianMixture]) -> LossOutput:
         """``features``: ``M`` tensors ``(N_i, d)``; ``mixtures``: their fitted mixtures."""
@@ -201,6 +208,7 @@ class PrototypeOTLoss(nn.Module):
                 [mixture.means for mixture in mixtures],
                 plan=result.plan.detach() if self.matching == "plan" else None,
                 matching=self.matching,
+                backend=self.backend,
             )
             components["proto"] = proto
             total = total + self.proto_weight * proto

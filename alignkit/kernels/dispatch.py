@@ -1,6 +1,8 @@
 """The one place that chooses a kernel-reduction backend.
 
-``backend="auto"`` follows this table (first matching row wins):
+For the Gaussian kernel sums of MMD, ``backend="auto"`` follows this table (first matching row
+wins); the reductions against ``K`` prototypes (GMM E-step, calibration) follow
+:func:`resolve_rowwise_backend`.
 
 =============================================  ===========
 condition                                      backend
@@ -62,6 +64,31 @@ def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
     return "blocked"
 
 
+def resolve_rowwise_backend(backend: str, *, large: bool, device_type: str, keops_supported: bool = True) -> str:
+    """The backend of a row-wise reduction against ``K`` prototypes (GMM E-step, calibration).
+
+    These produce or consume an ``(N, K)`` matrix with ``K`` small, so ``auto`` is ``dense``, or
+    ``blocked`` when the caller's dense form would need a ``large`` temporary. KeOps runs only
+    when asked for, by argument or ``$ALIGNKIT_BACKEND`` (it was not faster here); an
+    environment request that cannot be met (KeOps not running, or a form KeOps does not
+    support) keeps the ``auto`` choice, with one warning when KeOps does not run.
+    """
+    check_choice(backend, "backend", BACKENDS)
+    if backend != "auto":
+        return backend
+    override = os.environ.get(ENV_VAR)
+    if override:
+        check_choice(override, ENV_VAR, BACKENDS[1:])
+        if override != "keops":
+            return override
+        reason = keops.unavailable_reason(device_type)
+        if reason is not None:
+            _disable_keops(keops.KeOpsUnavailable(reason))
+        elif keops_supported:
+            return "keops"
+    return "blocked" if large else "dense"
+
+
 def kernel_sum(x: Tensor, y: Tensor, scales: Tensor, *, same: bool, backend: str = "auto") -> Tensor:
     """``sum_s sum_ij exp(-scales[s] ||x_i - y_j||^2)`` on the chosen backend.
 
@@ -89,5 +116,5 @@ _KEOPS_FAILED: list[str] = []
 def _disable_keops(error: Exception) -> None:
     """Remember a KeOps failure under ``auto`` and warn once; later calls go straight to blocked."""
     if not _KEOPS_FAILED:
-        warnings.warn(f"KeOps failed ({type(error).__name__}: {error}); backend='auto' falls back to 'blocked'", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"KeOps failed ({type(error).__name__}: {error}); backend='auto' falls back to the torch backends", RuntimeWarning, stacklevel=4)
     _KEOPS_FAILED.append(str(error))

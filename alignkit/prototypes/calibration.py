@@ -10,8 +10,11 @@ which is arbitrary for independently fitted mixtures. ``matching="plan"`` (defau
 barycentric projection of ``j``'s means through the OT plan's ``(i, j)`` marginal ``T^{ij}``:
 ``t^{ij}_k = sum_l T^{ij}_kl mu^j_l / sum_l T^{ij}_kl``.
 
-The weighted sum needs no ``(N, K)`` distance matrix: expanding the square gives three matrix
-products, ``O(N K d)`` time and ``O(N K)`` memory (the responsibilities themselves).
+The weighted sum needs no ``(N, K, d)`` differences: expanding the square gives three matrix
+products, ``O(N K d)`` time and ``O(N K)`` memory, the size of the responsibilities it is given.
+So ``backend="blocked"`` has nothing left to bound and is the dense form; ``"keops"`` computes
+the sum as one KeOps reduction (no ``(N, K)`` temporary at all); ``"auto"`` is dense unless
+``$ALIGNKIT_BACKEND`` says otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from alignkit._checks import (
     compute_dtype,
     full_precision,
 )
+from alignkit.kernels.backends import keops
+from alignkit.kernels.dispatch import Backend, resolve_rowwise_backend
 
 Matching = Literal["plan", "index"]
 
@@ -42,11 +47,14 @@ def pair_plan(plan: Tensor, i: int, j: int) -> Tensor:
     return pair if i < j else pair.mT
 
 
-def weighted_squared_distance(features: Tensor, responsibilities: Tensor, targets: Tensor) -> Tensor:
-    """``1/N sum_n sum_k w_nk ||x_n - t_k||^2`` for ``x (N, d)``, ``w (N, K)``, ``t (K, d)``."""
+def weighted_squared_distance(features: Tensor, responsibilities: Tensor, targets: Tensor, backend: str = "dense") -> Tensor:
+    """``1/N sum_n sum_k w_nk ||x_n - t_k||^2`` for ``x (N, d)``, ``w (N, K)``, ``t (K, d)``;
+    ``backend`` is a resolved name (``"dense"``, ``"blocked"`` or ``"keops"``)."""
     # Centering by the sample mean does not change any distance and limits cancellation.
     center = features.mean(0).detach()
     x, t = features - center, targets - center
+    if backend == "keops":
+        return keops.weighted_squared_distance(x, responsibilities, t) / features.shape[0]
     mass = responsibilities.sum(0)  # (K,)
     total = (
         ((x * x).sum(-1) * responsibilities.sum(-1)).sum()
@@ -64,6 +72,7 @@ def prototype_calibration_loss(
     *,
     plan: Tensor | None = None,
     matching: Matching = "plan",
+    backend: Backend = "auto",
 ) -> Tensor:
     """Average over ordered modality pairs of the sample-to-prototype calibration (eq. 9).
 
@@ -74,6 +83,7 @@ def prototype_calibration_loss(
         plan: ``(K_1, ..., K_M)`` OT plan; required for ``matching="plan"``.
         matching: ``"plan"`` (barycentric projection through the plan) or ``"index"`` (the
             paper's component-``k``-to-component-``k`` form; needs equal ``K_i``).
+        backend: ``"auto"``, ``"dense"``, ``"blocked"`` (= dense) or ``"keops"`` (module docstring).
 
     Returns:
         0-dim tensor.
@@ -113,6 +123,8 @@ def prototype_calibration_loss(
         if tuple(plan.shape) != tuple(sizes):
             raise ValueError(f"plan: expected shape {tuple(sizes)} (components per modality), received {tuple(plan.shape)}")
 
+    backend = resolve_rowwise_backend(backend, large=False, device_type=features[0].device.type)
+
     dtype = compute_dtype(features[0].dtype)
     features = [f.to(dtype) for f in features]
     responsibilities = [r.to(dtype) for r in responsibilities]
@@ -130,5 +142,5 @@ def prototype_calibration_loss(
                 coupling = pair_plan(plan, i, j)
                 row_mass = coupling.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
                 targets = (coupling / row_mass) @ means[j]
-            total = total + weighted_squared_distance(features[i], responsibilities[i], targets)
+            total = total + weighted_squared_distance(features[i], responsibilities[i], targets, backend)
     return total / (n_modalities * (n_modalities - 1))

@@ -11,6 +11,14 @@ tol=0``. The data are centred first (EM is translation-equivariant) so that the 
 forms of the E- and M-steps stay accurate in float32. ``reg_covar`` keeps zero-variance features
 and duplicate rows finite.
 
+Backends (``backend=``): ``"dense"`` forms each step's temporaries whole; the full-covariance
+E- and M-steps need ``(N, K d)`` and ``(K, N, d)`` of them. ``"blocked"`` runs both steps over
+blocks of :data:`ROWS` samples and recomputes a block in backward instead of keeping it, so
+memory is ``O(N K)`` (the responsibilities) plus one block. ``"keops"`` computes the diagonal
+E-step's log-densities as a KeOps reduction (diagonal covariances only). ``"auto"`` is dense,
+or blocked when a full-covariance temporary would exceed :data:`DENSE_MAX_ELEMENTS`
+(:func:`alignkit.kernels.dispatch.resolve_rowwise_backend`).
+
 Gradients: ``grad="unrolled"`` back-propagates through every EM step; ``grad="last_step"`` runs
 ``n_iter - 1`` steps without autograd and differentiates only the last step and the final E-step,
 which is much cheaper and, near a fixed point of EM, nearly the same gradient.
@@ -25,12 +33,20 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from alignkit._checks import check_choice, check_positive, check_tensor, compute_dtype, full_precision
+from alignkit.kernels.backends import keops
+from alignkit.kernels.dispatch import Backend, resolve_rowwise_backend
 
 CovarianceType = Literal["diag", "full"]
 InitMethod = Literal["kmeans++", "spaced"]
 GMMGrad = Literal["unrolled", "last_step"]
+
+ROWS = 4096
+"""Samples per block of the blocked backend (read at call time, so tests can shrink it)."""
+DENSE_MAX_ELEMENTS = 2**25
+"""Largest full-covariance temporary (``G N K d`` elements, 128 MB in float32) ``auto`` forms whole."""
 
 
 @dataclass(frozen=True)
@@ -86,21 +102,46 @@ def _log_gaussian_full(x: Tensor, means: Tensor, covariances: Tensor) -> Tensor:
     return -0.5 * (dim * math.log(2.0 * math.pi) + log_det.unsqueeze(-2) + quadratic)
 
 
+def _over_row_blocks(fn, rowwise: tuple[Tensor, ...], shared: tuple[Tensor, ...], blocked: bool, combine: str) -> Tensor:
+    """``fn(*row_block, *shared)`` over blocks of :data:`ROWS` samples (dim ``-2``), concatenated
+    (``combine="cat"``) or summed (``"sum"``). With autograd on, each block is recomputed in
+    backward rather than kept, so only one block's temporaries exist at a time."""
+    n_rows = rowwise[0].shape[-2]
+    if not blocked or n_rows <= ROWS:
+        return fn(*rowwise, *shared)
+    parts = []
+    for start in range(0, n_rows, ROWS):
+        block = tuple(t[..., start : start + ROWS, :] for t in rowwise)
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(fn, *block, *shared, use_reentrant=False))
+        else:
+            parts.append(fn(*block, *shared))
+    return torch.cat(parts, dim=-2) if combine == "cat" else torch.stack(parts).sum(0)
+
+
 def _e_step(
-    x: Tensor, x_sq: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance_type: str
+    x: Tensor, x_sq: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance_type: str, backend: str
 ) -> tuple[Tensor, Tensor]:
     """Log responsibilities ``(G, N, K)`` and mean log-likelihood ``(G,)``; ``x_sq = x * x``."""
-    if covariance_type == "diag":
-        log_density = _log_gaussian_diag(x, x_sq, means, covariances)
+    if backend == "keops":
+        log_density = keops.diag_gaussian_log_density(x, means, covariances)
+    elif covariance_type == "diag":
+        log_density = _over_row_blocks(_log_gaussian_diag, (x, x_sq), (means, covariances), backend == "blocked", "cat")
     else:
-        log_density = _log_gaussian_full(x, means, covariances)
+        log_density = _over_row_blocks(_log_gaussian_full, (x,), (means, covariances), backend == "blocked", "cat")
     log_joint = log_density + weights.log().unsqueeze(-2)
     log_norm = torch.logsumexp(log_joint, dim=-1, keepdim=True)
     return log_joint - log_norm, log_norm.squeeze(-1).mean(-1)
 
 
+def _scatter_about_means(x: Tensor, resp: Tensor, means: Tensor) -> Tensor:
+    """``sum_n w_nk (x_n - mu_k)(x_n - mu_k)^T``, ``(G, K, d, d)``, centred per component for accuracy."""
+    centered = x.unsqueeze(1) - means.unsqueeze(2)  # (G, K, N, d)
+    return (centered * resp.mT.unsqueeze(-1)).mT @ centered
+
+
 def _m_step(
-    x: Tensor, x_sq: Tensor, log_resp: Tensor, covariance_type: str, reg_covar: float
+    x: Tensor, x_sq: Tensor, log_resp: Tensor, covariance_type: str, reg_covar: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weights ``(G, K)``, means ``(G, K, d)``, covariances from responsibilities (scikit-learn's M-step)."""
     resp = log_resp.exp()
@@ -111,8 +152,8 @@ def _m_step(
         second_moment = resp.mT @ x_sq / counts.unsqueeze(-1)
         covariances = (second_moment - means * means).clamp_min(0.0) + reg_covar
     else:
-        centered = x.unsqueeze(1) - means.unsqueeze(2)  # (G, K, N, d), centred per component for accuracy
-        covariances = (centered * resp.mT.unsqueeze(-1)).mT @ centered / counts[..., None, None]
+        scatter = _over_row_blocks(_scatter_about_means, (x, resp), (means,), backend == "blocked", "sum")
+        covariances = scatter / counts[..., None, None]
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         covariances = covariances + reg_covar * eye
     return weights, means, covariances
@@ -192,6 +233,7 @@ def fit_gmm(
     reg_covar: float = 1e-6,
     seed: int | None = 0,
     grad: GMMGrad = "unrolled",
+    backend: Backend = "auto",
 ) -> GaussianMixture:
     """Fit a Gaussian mixture to samples by ``n_iter`` EM steps (paper eqs. 2-4).
 
@@ -209,6 +251,8 @@ def fit_gmm(
         reg_covar: added to every variance / the diagonal, ``> 0``.
         seed: seed of the k-means++ sampler; ``None`` draws a fresh seed.
         grad: ``"unrolled"`` or ``"last_step"`` (see the module docstring).
+        backend: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"keops"`` (diagonal covariances
+            only); see the module docstring. All give the same EM to float round-off.
 
     Returns:
         :class:`GaussianMixture`, float64 for float64 input, float32 otherwise.
@@ -227,6 +271,16 @@ def fit_gmm(
         raise ValueError(
             f"n_components: expected at most the number of samples ({n_samples}), received {n_components}"
         )
+
+    if backend == "keops" and covariance_type != "diag":
+        raise ValueError("backend: 'keops' supports covariance_type='diag' only, received covariance_type='full'")
+    batch_size = x.shape[0] if x.ndim == 3 else 1
+    backend = resolve_rowwise_backend(
+        backend,
+        large=covariance_type == "full" and batch_size * n_samples * n_components * n_features > DENSE_MAX_ELEMENTS,
+        device_type=x.device.type,
+        keops_supported=covariance_type == "diag",
+    )
 
     single = x.ndim == 2
     dtype = compute_dtype(x.dtype)
@@ -251,9 +305,9 @@ def fit_gmm(
     for step in range(n_iter):
         differentiable = grad == "unrolled" or step == n_iter - 1
         with contextlib.nullcontext() if differentiable else torch.no_grad():
-            log_resp, _ = _e_step(xc, xc_sq, weights, means, covariances, covariance_type)
-            weights, means, covariances = _m_step(xc, xc_sq, log_resp, covariance_type, reg_covar)
-    log_resp, log_likelihood = _e_step(xc, xc_sq, weights, means, covariances, covariance_type)
+            log_resp, _ = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend)
+            weights, means, covariances = _m_step(xc, xc_sq, log_resp, covariance_type, reg_covar, backend)
+    log_resp, log_likelihood = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend)
 
     means = means + center
     result = (weights, means, covariances, log_resp.exp(), log_likelihood)

@@ -74,6 +74,24 @@ def test_keops_that_cannot_run_on_cuda_is_a_clear_error_and_auto_falls_back() ->
         F.gaussian_mmd(x, x + 1, 1.0, backend="keops")
 
 
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_gmm_and_calibration_backends_match_the_cpu(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignkit.prototypes import gmm
+
+    monkeypatch.setattr(gmm, "ROWS", 100)  # several blocks
+    x_cpu = _features(1, n=450, d=6)[0].double().requires_grad_(True)
+    x_cuda = x_cpu.detach().to(CUDA).requires_grad_(True)
+    results = []
+    for x in (x_cpu, x_cuda):
+        mixture = F.fit_gmm(x, 3, covariance_type="full", init="spaced", backend=backend)
+        targets = mixture.means.flip(0)
+        value = mixture.log_likelihood + F.prototype_calibration_loss([x, x], [mixture.responsibilities] * 2, [mixture.means, targets], matching="index", backend=backend)
+        (grad,) = torch.autograd.grad(value, x)
+        results.append((value.detach().cpu(), grad.cpu()))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-9)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-7, atol=1e-9)
+
+
 def test_decalign_loss_under_cuda_autocast_returns_float32() -> None:
     unique = [torch.randn(16, 5, 8, device=CUDA) for _ in range(3)]
     common = [torch.randn(16, 5, 8, device=CUDA) for _ in range(3)]

@@ -1,6 +1,7 @@
-"""KeOps backend: the Gaussian kernel sum as a symbolic ``LazyTensor`` reduction (pykeops).
+"""KeOps backend: symbolic ``LazyTensor`` reductions (pykeops) for the Gaussian kernel sum (MMD),
+the diagonal-Gaussian log-densities of the GMM E-step and the calibration distances.
 
-Nothing of size ``N x M`` is stored; KeOps compiles the formula (and, on first backward, its
+Nothing of size ``N x M`` (or ``N x K x d``) is stored; KeOps compiles the formula (and, on first backward, its
 gradient) to C++/CUDA once per feature width and dtype, then caches it. Bandwidths enter as a
 parameter, so a new ``sigma`` (e.g. the median heuristic on every batch) does not recompile.
 On a GPU this is the fastest engine we know; on a CPU it saves memory but is slower than the
@@ -10,6 +11,7 @@ blocked backend (see ``benchmarks/README.md``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import subprocess
@@ -76,9 +78,7 @@ def gaussian_kernel_sum(x: Tensor, y: Tensor, scales: Tensor, same: bool) -> Ten
     The diagonal of ``x`` against itself is exactly zero here without special handling:
     KeOps forms ``x_i - x_j`` explicitly.
     """
-    reason = unavailable_reason(x.device.type)
-    if reason is not None:
-        raise KeOpsUnavailable(f"backend: 'keops' cannot run: {reason}")
+    _require(x)
     from pykeops.torch import LazyTensor
 
     x_i = LazyTensor(x[:, None, :].contiguous())
@@ -90,3 +90,49 @@ def gaussian_kernel_sum(x: Tensor, y: Tensor, scales: Tensor, same: bool) -> Ten
         kernel = (neg_d2 * LazyTensor(scale.reshape(1))).exp()
         total = total + kernel.sum(dim=1).sum()
     return total
+
+
+def _require(x: Tensor) -> None:
+    reason = unavailable_reason(x.device.type)
+    if reason is not None:
+        raise KeOpsUnavailable(f"backend: 'keops' cannot run: {reason}")
+
+
+def _component_selector(n_components: int, like: Tensor, batch: tuple[int, ...]):
+    """``onehot(j)`` as a ``j``-indexed LazyTensor: picks entry ``j`` of a per-row ``K``-vector,
+    so that a sum over ``j`` writes row ``i``'s ``K`` values into an ``(N, K)`` result."""
+    from pykeops.torch import LazyTensor
+
+    index = torch.arange(n_components, dtype=like.dtype, device=like.device).expand(*batch, n_components)
+    return LazyTensor(index[..., None, :, None].contiguous()).one_hot(n_components)
+
+
+def diag_gaussian_log_density(x: Tensor, means: Tensor, variances: Tensor) -> Tensor:
+    """``log N(x_n; mu_k, diag(v_k))`` for ``x (G, N, d)``, ``means, variances (G, K, d)`` -> ``(G, N, K)``.
+
+    The ``(N, K)`` result is the only thing of its size; no ``(N, K, d)`` difference is stored.
+    """
+    _require(x)
+    from pykeops.torch import LazyTensor
+
+    batch, n_components, dim = x.shape[:-2], means.shape[-2], x.shape[-1]
+    constant = -0.5 * (dim * math.log(2.0 * math.pi) + variances.log().sum(-1))  # (G, K)
+    x_i = LazyTensor(x[..., :, None, :].contiguous())
+    mean_j = LazyTensor(means[..., None, :, :].contiguous())
+    precision_j = LazyTensor((1.0 / variances)[..., None, :, :].contiguous())
+    constant_j = LazyTensor(constant[..., None, :, None].contiguous())
+    log_density = constant_j - 0.5 * ((x_i - mean_j) ** 2 * precision_j).sum(-1)
+    return (log_density * _component_selector(n_components, x, batch)).sum(dim=len(batch) + 1)
+
+
+def weighted_squared_distance(features: Tensor, responsibilities: Tensor, targets: Tensor) -> Tensor:
+    """``sum_n sum_k w_nk ||x_n - t_k||^2`` for ``x (N, d)``, ``w (N, K)``, ``t (K, d)`` (a 0-dim sum)."""
+    _require(features)
+    from pykeops.torch import LazyTensor
+
+    n_components = targets.shape[0]
+    x_i = LazyTensor(features[:, None, :].contiguous())
+    w_i = LazyTensor(responsibilities[:, None, :].contiguous())
+    t_j = LazyTensor(targets[None, :, :].contiguous())
+    weight = (w_i * _component_selector(n_components, features, ())).sum(-1)  # w_nk, picked by j = k
+    return (weight * x_i.sqdist(t_j)).sum(dim=1).sum()
