@@ -10,7 +10,7 @@ from alignkit_models.layers.sequence import SequenceEncoder, align_modalities, r
 from alignkit_models.models.cubemlp import AxisMLP, CubeMLP
 from alignkit_models.models.early_fusion import EarlyFusion
 from alignkit_models.models.late_fusion import LateFusion
-from alignkit_models.models.lmf import low_rank_fusion
+from alignkit_models.models.lmf import LMF, low_rank_fusion
 from alignkit_models.models.mfm import MFM, MemoryFusion, mfm_mmd
 from alignkit_models.models.tfn import TFN, tensor_fusion
 
@@ -126,6 +126,15 @@ def test_low_rank_fusion_equals_tfn_product_times_the_recomposed_full_weight() -
     full_weight = torch.einsum("r,rio,rjo,rko->ijko", weights, *factors).reshape(-1, out)
     explicit = tensor_fusion(vectors) @ full_weight + bias
     assert torch.allclose(low_rank_fusion(vectors, factors, weights, bias), explicit)
+
+
+def test_lmf_output_does_not_vanish_at_initialisation_with_six_modalities() -> None:
+    """The product over six modality projections starts near 1 (constant-one rows at 1), not
+    near 0: with all-Xavier factors it was ~1e-7 and LMF never left chance on UCI."""
+    torch.manual_seed(0)
+    model = LMF(UCI_DIMS, task="classification", n_classes=10).eval()
+    logits = model(_features(UCI_DIMS, dict.fromkeys(UCI_DIMS, 1), batch=16)).prediction
+    assert logits.std(0).mean() > 1e-2 and logits.abs().max() < 1e3
 
 
 # --- MFM ---------------------------------------------------------------------------------------
