@@ -147,3 +147,15 @@ def test_explicit_keops_without_keops_raises_a_clear_error(monkeypatch: pytest.M
     x, y = _pair(10, 10, 2, torch.float64)
     with pytest.raises(keops.KeOpsUnavailable, match="g\\+\\+"):
         gaussian_mmd(x, y, 1.0, backend="keops")
+
+
+def test_cuda_probe_turns_a_crashing_keops_into_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe runs in a child process: a segmentation fault there (as KeOps 2.3 gave with
+    CUDA 13.0) becomes a reason string here; a probe that succeeds means KeOps runs."""
+    if KEOPS_REASON is not None:
+        pytest.skip(f"KeOps cannot run here: {KEOPS_REASON}")
+    probe = keops.unavailable_reason.__wrapped__
+    monkeypatch.setattr(keops, "_CUDA_PROBE", "import os, signal; print('[KeOps] compiling'); os.kill(os.getpid(), signal.SIGSEGV)")
+    assert probe("cuda") == "a KeOps CUDA reduction failed in a probe process (signal 11: [KeOps] compiling)"
+    monkeypatch.setattr(keops, "_CUDA_PROBE", "import sys; sys.exit(0)")
+    assert probe("cuda") is None

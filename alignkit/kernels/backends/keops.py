@@ -61,7 +61,7 @@ def unavailable_reason(device_type: str = "cpu") -> str | None:
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _CUDA_PROBE, os.path.abspath(pykeops.get_build_folder())],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=os.environ.copy(), check=False,
+            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False,
         )
     except subprocess.TimeoutExpired:
         return f"the KeOps CUDA probe did not finish in {PROBE_TIMEOUT_S} s"
