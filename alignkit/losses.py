@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from alignkit._checks import check_choice, check_positive, check_sequence
 from alignkit.decoupling import Granularity, Mode, decoupling_loss, masked_mean
-from alignkit.kernels.dispatch import Backend
+from alignkit.kernels.dispatch import BACKENDS, Backend
 from alignkit.kernels.mmd import Bandwidth, Estimator, multimodal_mmd
 from alignkit.moments import moment_matching_loss
 from alignkit.ot.bures import bures_wasserstein_cost
@@ -180,7 +180,7 @@ class PrototypeOTLoss(nn.Module):
         self.ot_weight = ot_weight
         self.proto_weight = proto_weight
         self.max_elements = max_elements
-        self.backend = check_choice(backend, "backend", ["auto", "dense", "blocked", "keops"])
+        self.backend = check_choice(backend, "backend", BACKENDS)
 
     def forward(self, features: Sequence[Tensor], mixtures: Sequence[GaussianMixture]) -> LossOutput:
         """``features``: ``M`` tensors ``(N_i, d)``; ``mixtures``: their fitted mixtures."""

@@ -48,14 +48,21 @@ CUDA_DENSE_MAX = 1024 * 1024
 1k and 4k with a quarter of the memory, and was 1.8x faster at 16k."""
 
 
+def _environment_choice() -> str | None:
+    """The concrete backend ``$ALIGNKIT_BACKEND`` names (validated), or ``None`` when it is unset."""
+    override = os.environ.get(ENV_VAR)
+    if override:
+        check_choice(override, ENV_VAR, BACKENDS[1:])
+    return override or None
+
+
 def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
     """Name of the concrete backend ``auto`` (or an explicit choice) maps to."""
     check_choice(backend, "backend", BACKENDS)
     if backend != "auto":
         return backend
-    override = os.environ.get(ENV_VAR)
+    override = _environment_choice()
     if override:
-        check_choice(override, ENV_VAR, BACKENDS[1:])
         return override
     if n * m <= (CUDA_DENSE_MAX if device_type == "cuda" else CPU_DENSE_MAX):
         return "dense"
@@ -76,9 +83,8 @@ def resolve_rowwise_backend(backend: str, *, large: bool, device_type: str, keop
     check_choice(backend, "backend", BACKENDS)
     if backend != "auto":
         return backend
-    override = os.environ.get(ENV_VAR)
+    override = _environment_choice()
     if override:
-        check_choice(override, ENV_VAR, BACKENDS[1:])
         if override != "keops":
             return override
         reason = keops.unavailable_reason(device_type)

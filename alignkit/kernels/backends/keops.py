@@ -1,8 +1,8 @@
 """KeOps backend: symbolic ``LazyTensor`` reductions (pykeops) for the Gaussian kernel sum (MMD),
 the diagonal-Gaussian log-densities of the GMM E-step and the calibration distances.
 
-Nothing of size ``N x M`` (or ``N x K x d``) is stored; KeOps compiles the formula (and, on first backward, its
-gradient) to C++/CUDA once per feature width and dtype, then caches it. Bandwidths enter as a
+Nothing of size ``N x M`` (or ``N x K x d``) is stored; KeOps compiles the formula (and, on
+first backward, its gradient) to C++/CUDA once per feature width and dtype, then caches it. Bandwidths enter as a
 parameter, so a new ``sigma`` (e.g. the median heuristic on every batch) does not recompile.
 On a GPU this is the fastest engine we know; on a CPU it saves memory but is slower than the
 blocked backend (see ``benchmarks/README.md``).
