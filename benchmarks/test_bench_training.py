@@ -4,6 +4,14 @@
 through the real trainer's epoch loop. Targets on the 2-core CPU: at most 10 s, peak RSS under
 1.5 GB. ``extra_info`` also holds a per-step breakdown: network forward, each loss, backward,
 optimizer (means over the epoch's steps, measured in a separate instrumented pass).
+
+The issue that set the 10 s target scaled it against "a reference implementation of the same
+network" (~20 s where it was measured, ~35 % dropout random numbers and ~10 % unrolled EM/Sinkhorn
+backward). ``reference-config-epoch`` rebuilds that reference from the same code, so the ratio is
+measured on whatever machine runs this file: MulT's attention-weight dropout 0.1, ``nn.Dropout``
+instead of :class:`FastDropout`, and gradients unrolled through every EM and Sinkhorn iteration.
+It runs after the preset in the same process, so its ``process_peak_rss_bytes`` is the larger of
+the two; ``peak_extra_bytes`` is its own.
 """
 
 from __future__ import annotations
@@ -17,10 +25,31 @@ from torch.utils.data import DataLoader
 
 
 def cases(full: bool) -> list[str]:
-    return ["mosi-preset-epoch"]
+    return ["mosi-preset-epoch", "reference-config-epoch"]
 
 
-def _setup(n_train: int):
+def reference_configuration(model) -> None:
+    """Turn the preset's DecAlign into the issue's reference configuration, in place."""
+    from alignkit import GMMPrototypes
+    from alignkit_models.layers.dropout import FastDropout
+    from alignkit_models.layers.transformer import _Attention
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, FastDropout):
+                setattr(module, name, torch.nn.Dropout(0.1))
+        if isinstance(module, _Attention):
+            module.dropout = 0.1
+    for prototypes in model.alignment.heterogeneity.prototypes:
+        prototypes.grad = "unrolled"
+    model.alignment.heterogeneity.transport.grad = "unrolled"
+    # A setting that lands on the wrong object changes nothing silently: check each one took.
+    assert not any(isinstance(m, FastDropout) for m in model.modules())
+    assert all(isinstance(p, GMMPrototypes) and p.grad == "unrolled" for p in model.alignment.heterogeneity.prototypes)
+    assert all(m.dropout == 0.1 for m in model.modules() if isinstance(m, _Attention))
+
+
+def _setup(n_train: int, reference: bool = False):
     from alignkit_models.data.base import SplitDataset, collate
     from alignkit_models.data.mmsa import mmsa_dataset
     from alignkit_models.data.synthetic import make_synthetic_mmsa
@@ -31,6 +60,8 @@ def _setup(n_train: int):
     config = build_config("decalign", "synthetic-mosi", progress=False)
     torch.manual_seed(0)
     model = build_model(config, data)
+    if reference:
+        reference_configuration(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.protocol.lr, weight_decay=config.protocol.weight_decay, foreach=True)
     loader = DataLoader(SplitDataset(data.train, model.modalities), batch_size=32, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0), drop_last=True)
     return model, optimizer, loader, config
@@ -81,9 +112,9 @@ def test_training_epoch(benchmark, device, case: str) -> None:
 
     n_train = 1284 if benchmark.enabled else 64  # the smoke run checks that the epoch runs
     benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
-    model, optimizer, loader, config = _setup(n_train)
+    model, optimizer, loader, config = _setup(n_train, reference=case == "reference-config-epoch")
     model.to(device)
     run = lambda: _train_epoch(model, loader, optimizer, config.protocol.grad_clip, device, 1, progress=False)  # noqa: E731
     benchmark.extra_info["step_breakdown_ms"] = step_breakdown(model, optimizer, loader)
-    measure(benchmark, run, device, rounds=2, impl="decalign", n_train=n_train, batch_size=32)
+    measure(benchmark, run, device, rounds=2, impl="decalign" if case == "mosi-preset-epoch" else "reference configuration", n_train=n_train, batch_size=32)
     benchmark.extra_info["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
