@@ -50,7 +50,7 @@ def _geomloss(backend: str, x: torch.Tensor, y: torch.Tensor):
 def test_mmd_forward_backward(benchmark, device, case: tuple[int, str]) -> None:
     n, impl = case
     # Deliberate: both are KeOps reductions, which cannot be timed where KeOps does not run (no
-    # compiler, or a KeOps/CUDA pair that crashes, as on the H200 with CUDA 13.0); the reason is printed.
+    # compiler, or a KeOps/CUDA pair that crashes, as on the H200 and H100 with CUDA 13.0); the reason is printed.
     if impl in ("alignkit-keops", "geomloss-online"):
         from alignkit.kernels.backends.keops import unavailable_reason
 

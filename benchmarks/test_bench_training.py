@@ -112,9 +112,10 @@ def test_training_epoch(benchmark, device, case: str) -> None:
 
     n_train = 1284 if benchmark.enabled else 64  # the smoke run checks that the epoch runs
     benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
-    model, optimizer, loader, config = _setup(n_train, reference=case == "reference-config-epoch")
+    reference = case == "reference-config-epoch"
+    model, optimizer, loader, config = _setup(n_train, reference=reference)
     model.to(device)
     run = lambda: _train_epoch(model, loader, optimizer, config.protocol.grad_clip, device, 1, progress=False)  # noqa: E731
     benchmark.extra_info["step_breakdown_ms"] = step_breakdown(model, optimizer, loader)
-    measure(benchmark, run, device, rounds=2, impl="decalign" if case == "mosi-preset-epoch" else "reference configuration", n_train=n_train, batch_size=32)
+    measure(benchmark, run, device, rounds=2, impl="reference configuration" if reference else "decalign", n_train=n_train, batch_size=32)
     benchmark.extra_info["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -17,11 +17,12 @@ otherwise                                      ``blocked``
 On the CPU the blocked backend, which computes value and gradient in one pass, was faster than
 the dense one from ``N = M = 128`` up; on an H200 it tied dense from ``N = M = 1k`` up, with a
 quarter of the memory at 4k and 1.8x the speed at 16k (``benchmarks/README.md``). Whether KeOps
-beats blocked on a GPU is not measured yet: KeOps 2.3 crashed on the only GPU we had (CUDA 13.0).
+beats blocked on a GPU is not measured yet: KeOps 2.3 crashed on both GPUs we had (an H200 and an
+H100, both with CUDA 13.0).
 
 Whether KeOps runs on a GPU is checked once per process by a small reduction in a child process
 (:func:`alignkit.kernels.backends.keops.unavailable_reason`): some KeOps/CUDA combinations crash
-the process outright (KeOps 2.3 with CUDA 13.0 did on an H200), which no ``except`` could catch.
+the process outright (KeOps 2.3 with CUDA 13.0 did, in its NVRTC compile step), which no ``except`` could catch.
 A KeOps failure under ``"auto"`` falls back to ``blocked`` with one warning; an explicit
 ``backend="keops"`` raises :class:`~alignkit.kernels.backends.keops.KeOpsUnavailable` instead.
 """
