@@ -32,6 +32,7 @@ class _Config(BaseModel):
 class DecouplingLossConfig(_Config):
     mode: Literal["squared", "abs", "signed"] = "squared"
     granularity: Literal["sequence", "token", "pooled"] = "sequence"
+    reduction: Literal["sum", "mean"] = "sum"
 
     def build(self) -> DecouplingLoss:
         return DecouplingLoss(**self.model_dump())
@@ -47,6 +48,7 @@ class GMMPrototypesConfig(_Config):
     grad: Literal["unrolled", "last_step"] = "unrolled"
     momentum: float | None = Field(default=None, gt=0.0, le=1.0)
     backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
+    regularization: Literal["add", "clamp"] = "add"
 
     def build(self) -> GMMPrototypes:
         return GMMPrototypes(**self.model_dump())
@@ -56,13 +58,19 @@ class PrototypeOTLossConfig(_Config):
     epsilon: PositiveFloat = 0.1
     relative_epsilon: bool = True
     max_iter: PositiveInt = 200
-    tol: PositiveFloat = 1e-4
+    tol: float = Field(default=1e-4, ge=0.0)
     grad: Literal["envelope", "unrolled"] = "envelope"
     matching: Literal["plan", "index"] = "plan"
     ot_weight: float = Field(default=1.0, ge=0.0)
     proto_weight: float = Field(default=1.0, ge=0.0)
     max_elements: PositiveInt = MAX_COST_ELEMENTS
     backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
+    objective: Literal["transport", "regularized"] = "transport"
+    marginals: Literal["weights", "responsibilities"] = "weights"
+    cost_reduction: Literal["sum", "mean"] = "sum"
+    bures_eps: float = Field(default=0.0, ge=0.0)
+    kernel_floor: float = Field(default=0.0, ge=0.0)
+    scaling_guard: float = Field(default=0.0, ge=0.0)
 
     def build(self) -> PrototypeOTLoss:
         return PrototypeOTLoss(**self.model_dump())
@@ -85,6 +93,8 @@ class MomentMatchingLossConfig(_Config):
     mean_weight: float = Field(default=1.0, ge=0.0)
     covariance_weight: float = Field(default=1.0, ge=0.0)
     skewness_weight: float = Field(default=1.0, ge=0.0)
+    reduction: Literal["sum", "mean"] = "sum"
+    skewness_variance_floor: PositiveFloat | None = None
 
     def build(self) -> MomentMatchingLoss:
         return MomentMatchingLoss(**self.model_dump())

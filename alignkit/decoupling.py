@@ -3,9 +3,13 @@
 For each modality ``m`` the cosine similarity between its unique features ``F_uni`` and its
 common features ``F_com`` measures their overlap. The paper sums the signed cosine, which is
 minimised by *anti*-aligned features rather than orthogonal ones; the default here penalises
-``cos^2`` (orthogonality), and ``mode="signed"`` keeps the paper's literal form::
+``cos^2`` (orthogonality, as the authors' code does), and ``mode="signed"`` keeps the paper's
+literal form::
 
-    L_dec = sum_m mean_batch phi(cos(F_uni^m, F_com^m)),  phi = x^2 | |x| | x
+    L_dec = R_m mean_batch phi(cos(F_uni^m, F_com^m)),  phi = x^2 | |x| | x,  R = sum | mean
+
+The paper sums over modalities (``reduction="sum"``); the authors' code averages
+(``reduction="mean"``).
 
 ``granularity`` says what a "feature vector" is for a sequence ``(B, T, d)``: the whole flattened
 sequence (``"sequence"``), each time step separately, with ``phi`` averaged over the steps
@@ -24,6 +28,7 @@ from alignkit._checks import check_choice, check_same_kind, check_sequence, chec
 
 Mode = Literal["squared", "abs", "signed"]
 Granularity = Literal["sequence", "token", "pooled"]
+Reduction = Literal["sum", "mean"]
 
 
 def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
@@ -70,8 +75,9 @@ def decoupling_loss(
     mode: Mode = "squared",
     granularity: Granularity = "sequence",
     masks: Sequence[Tensor | None] | None = None,
+    reduction: Reduction = "sum",
 ) -> Tensor:
-    """Decoupling loss ``L_dec`` (paper eq. 1), summed over modalities.
+    """Decoupling loss ``L_dec`` (paper eq. 1), summed or averaged over modalities.
 
     Args:
         unique: per-modality unique features, each ``(B, T_m, d)`` or ``(B, d)`` (one tensor = one modality).
@@ -79,14 +85,16 @@ def decoupling_loss(
         mode: ``"squared"`` (cos^2, default), ``"abs"`` (|cos|) or ``"signed"`` (the paper's cos).
         granularity: ``"sequence"``, ``"token"`` or ``"pooled"`` (see the module docstring).
         masks: per-modality ``(B, T_m)`` boolean masks, True on real (non-padded) steps.
+        reduction: ``"sum"`` (the paper) or ``"mean"`` (the authors' code) over modalities.
 
     Returns:
-        0-dim tensor: ``sum_m mean_b phi(cos_b^m)``.
+        0-dim tensor: ``sum_m mean_b phi(cos_b^m)`` (divided by ``M`` for ``"mean"``).
     """
     unique = check_sequence(unique, "unique")
     common = check_sequence(common, "common")
     check_choice(mode, "mode", ["squared", "abs", "signed"])
     check_choice(granularity, "granularity", ["sequence", "token", "pooled"])
+    check_choice(reduction, "reduction", ["sum", "mean"])
     if len(common) != len(unique):
         raise ValueError(f"common: expected {len(unique)} tensors (one per modality of unique), received {len(common)}")
     masks = [None] * len(unique) if masks is None else list(masks)
@@ -111,4 +119,4 @@ def decoupling_loss(
         c3 = c.to(total.dtype) if c.ndim == 3 else c.to(total.dtype).unsqueeze(1)
         penalty = _modality_penalty(u3, c3, None if mask is None else mask.to(u3.device), granularity, mode)
         total = total + penalty.mean()
-    return total
+    return total / len(unique) if reduction == "mean" else total

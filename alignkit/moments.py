@@ -6,21 +6,28 @@ moment, ``m3 / m2^{3/2}`` with biased central moments, as ``scipy.stats.skew(bia
 
     L_sem = 1/(M(M-1)) sum_{i<j} ( w_mu ||mu_i - mu_j||^2 + w_S ||S_i - S_j||_F^2 + w_G ||G_i - G_j||^2 )
 
-The normalisation ``1/(M(M-1))`` is the paper's. A weight of 0 drops that moment (and its
-requirement, e.g. ``N >= 2`` for the unbiased covariance).
+The normalisation ``1/(M(M-1))`` is the paper's. A weight of 0 drops that moment. A single
+sample has zero covariance (the divisor is ``max(N - 1, 1)``).
+
+``reduction="mean"`` is the form of the authors' DecAlign code: each term is a mean squared error
+(divided by ``d``, ``d^2`` and ``d``) and the pairs are averaged (``2/(M(M-1))``); with
+``skewness_variance_floor`` the skewness divides by ``max(m2, floor)^{3/2}`` (their floor is
+``1e-6``) instead of being set to 0 where the spread is round-off.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from alignkit._checks import (
+    check_choice,
     check_feature_widths,
+    check_positive,
     check_same_kind,
     check_sequence,
     check_tensor,
@@ -52,13 +59,22 @@ def skewness(x: Tensor) -> Tensor:
     return torch.where(defined, m3 / safe_m2.pow(1.5), torch.zeros_like(m3))
 
 
-def _moments(x: Tensor, need_covariance: bool, need_skewness: bool) -> FeatureMoments:
+def floored_skewness(x: Tensor, variance_floor: float) -> Tensor:
+    """Per-dimension ``m3 / max(m2, variance_floor)^{3/2}`` of ``x (N, d)`` -> ``(d,)``."""
+    centered = x - x.mean(0)
+    return centered.pow(3).mean(0) / centered.pow(2).mean(0).clamp_min(variance_floor).pow(1.5)
+
+
+def _moments(x: Tensor, need_covariance: bool, need_skewness: bool, variance_floor: float | None = None) -> FeatureMoments:
     mean = x.mean(0)
     covariance = x.new_zeros(())
     if need_covariance:
         centered = x - mean
-        covariance = centered.mT @ centered / (x.shape[0] - 1)
-    return FeatureMoments(mean, covariance, skewness(x) if need_skewness else x.new_zeros(()))
+        covariance = centered.mT @ centered / max(x.shape[0] - 1, 1)
+    skew = x.new_zeros(())
+    if need_skewness:
+        skew = skewness(x) if variance_floor is None else floored_skewness(x, variance_floor)
+    return FeatureMoments(mean, covariance, skew)
 
 
 @full_precision
@@ -75,12 +91,17 @@ def moment_matching_loss(
     mean_weight: float = 1.0,
     covariance_weight: float = 1.0,
     skewness_weight: float = 1.0,
+    reduction: Literal["sum", "mean"] = "sum",
+    skewness_variance_floor: float | None = None,
 ) -> Tensor:
     """Latent-space semantic alignment loss ``L_sem`` (paper eq. 10).
 
     Args:
-        features: ``M >= 2`` tensors ``(N_i, d)`` (``N_i >= 2`` when ``covariance_weight > 0``).
+        features: ``M >= 2`` tensors ``(N_i, d)``.
         mean_weight, covariance_weight, skewness_weight: non-negative weights of the three terms.
+        reduction: ``"sum"`` (squared norms, ``1/(M(M-1))``, the paper) or ``"mean"`` (mean
+            squared errors averaged over pairs, the authors' code); see the module docstring.
+        skewness_variance_floor: ``> 0`` or None (module docstring).
 
     Returns:
         0-dim tensor.
@@ -90,20 +111,25 @@ def moment_matching_loss(
     for name, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
             raise ValueError(f"{name}: expected a number >= 0, received {w!r}")
-    min_rows = 2 if covariance_weight > 0 else 1
-    named = {f"features[{i}]": check_tensor(f, f"features[{i}]", ndim=2, min_rows=min_rows) for i, f in enumerate(features)}
+    check_choice(reduction, "reduction", ["sum", "mean"])
+    if skewness_variance_floor is not None:
+        check_positive(skewness_variance_floor, "skewness_variance_floor")
+    named = {f"features[{i}]": check_tensor(f, f"features[{i}]", ndim=2) for i, f in enumerate(features)}
     check_same_kind(named)
     check_feature_widths(named)
 
     dtype = compute_dtype(features[0].dtype)
-    moments = [_moments(f.to(dtype), covariance_weight > 0, skewness_weight > 0) for f in features]
+    moments = [
+        _moments(f.to(dtype), covariance_weight > 0, skewness_weight > 0, skewness_variance_floor) for f in features
+    ]
+    distance = (lambda t: t.pow(2).mean()) if reduction == "mean" else (lambda t: t.pow(2).sum())
     total = moments[0].mean.new_zeros(())
     for a, b in itertools.combinations(moments, 2):
         if mean_weight > 0:
-            total = total + mean_weight * (a.mean - b.mean).pow(2).sum()
+            total = total + mean_weight * distance(a.mean - b.mean)
         if covariance_weight > 0:
-            total = total + covariance_weight * (a.covariance - b.covariance).pow(2).sum()
+            total = total + covariance_weight * distance(a.covariance - b.covariance)
         if skewness_weight > 0:
-            total = total + skewness_weight * (a.skewness - b.skewness).pow(2).sum()
+            total = total + skewness_weight * distance(a.skewness - b.skewness)
     n = len(features)
-    return total / (n * (n - 1))
+    return total / (n * (n - 1) / 2 if reduction == "mean" else n * (n - 1))

@@ -6,6 +6,7 @@
     alignkit train ... --resume runs/decalign-mosi
     alignkit evaluate --checkpoint runs/decalign-uci-mfeat/seed-1111/best.pt
     alignkit compare --models decalign,mult,misa --dataset uci-mfeat --seeds 1111 1112 1113
+    alignkit convert-official decalign-mosi.pth decalign-mosi.pt    # a checkpoint of the authors' code
     alignkit models
     alignkit datasets
 
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from alignkit_models.training.config import ConfigError, TrainConfig, build_config, validate_config
+from alignkit_models.training.config import ConfigError, TrainConfig, apply_override, build_config, validate_config
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--models", required=True, help="comma-separated model names, or 'all'")
     _add_run_options(compare)
     compare.add_argument("--resume", metavar="COMPARE_DIR", help="continue an interrupted comparison")
+
+    convert = commands.add_parser("convert-official", help="turn a checkpoint of the authors' DecAlign code into an alignkit checkpoint")
+    convert.add_argument("source", metavar="IN", help="their state_dict file (torch.save(model.state_dict()))")
+    convert.add_argument("target", metavar="OUT", help="alignkit checkpoint to write (for `alignkit evaluate`)")
+    convert.add_argument("--dataset", default="mosi", help="data set the checkpoint was trained on (default mosi)")
+    convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a model option the weights do not show, e.g. model_options.n_heads=10 (repeatable)")
 
     commands.add_parser("models", help="list the models with their parameter counts")
     commands.add_parser("datasets", help="list the data sets")
@@ -97,17 +104,41 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from alignkit_models.data.catalog import dataset_info, load_dataset
+    from alignkit_models.data.catalog import dataset_info
     from alignkit_models.training.checkpoint import load_checkpoint
-    from alignkit_models.training.trainer import build_model, evaluate
+    from alignkit_models.training.trainer import build_model, evaluate, prepare_dataset
 
     checkpoint = load_checkpoint(args.checkpoint)
     config = validate_config(checkpoint["config"])
-    dataset = load_dataset(config.dataset, args.data or config.data)
+    dataset = prepare_dataset(config, args.data)
     model = build_model(config, dataset)
     model.load_state_dict(checkpoint["model_state"])
     metrics = evaluate(model, dataset.split(args.split), dataset_info(config.dataset).metrics, config.protocol.batch_size, torch.device("cpu"))
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "metrics": metrics}, indent=1))
+
+
+def _convert_official(args: argparse.Namespace) -> None:
+    import torch
+
+    from alignkit_models.models.decalign.official import from_official_state_dict, infer_options
+    from alignkit_models.training.checkpoint import save_checkpoint
+
+    source = Path(args.source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file")
+    try:  # weights_only: a checkpoint is data; it must never run code
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is one line for the user
+        raise ValueError(f"{source}: not a readable PyTorch state_dict ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+    raw: dict = {"model_options": {}}
+    for assignment in args.overrides:
+        apply_override(raw, assignment)
+    options = raw["model_options"]
+    model = from_official_state_dict(state, **options)
+    inferred = {k: v for k, v in infer_options({k.removeprefix("module."): v for k, v in state.items()}).items() if k not in ("input_dims", "task", "n_classes")}
+    config = validate_config({"model": "decalign", "dataset": args.dataset, "seeds": [0], "model_options": {**inferred, **options}})
+    save_checkpoint(Path(args.target), {"config": config.model_dump(), "model_state": model.state_dict(), "epoch": 0, "valid": {}, "seed": 0})
+    print(f"wrote {args.target}: DecAlign (official) with {sum(p.numel() for p in model.parameters()):,} parameters, options {config.model_options}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -158,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "convert-official":
+            _convert_official(args)
         elif args.command == "models":
             _models()
         else:

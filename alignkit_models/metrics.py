@@ -327,6 +327,24 @@ PRIMARY_METRIC: dict[str, tuple[str, Literal["max", "min"]]] = {
 }
 
 
+_METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    "mosi": ("mae", "corr", "acc7", "acc5", "acc2_nonzero", "f1_nonzero", "acc2_haszero", "f1_haszero"),
+    "mosei": ("mae", "corr", "acc7", "acc5", "acc2_nonzero", "f1_nonzero", "acc2_haszero", "f1_haszero"),
+    "sims": ("mae", "corr", "acc2", "acc3", "acc5", "f1"),
+    "iemocap": ("wacc", "waf1"),
+    "classification": ("accuracy", "macro_f1", "weighted_f1"),
+}
+MINIMISED: frozenset[str] = frozenset({"mae", "loss"})
+"""Metrics where lower is better (``loss`` is the validation task loss the trainer adds)."""
+
+
+def metric_keys(kind: str) -> tuple[str, ...]:
+    """The keys :func:`compute_metrics` returns for dataset ``kind``."""
+    if kind not in _METRIC_KEYS:
+        raise ValueError(f"kind: expected one of {sorted(_METRIC_KEYS)}, received {kind!r}")
+    return _METRIC_KEYS[kind]
+
+
 def compute_metrics(kind: str, predictions: ArrayLike, labels: ArrayLike) -> dict[str, float]:
     """Metrics of dataset ``kind`` (a key of :data:`METRICS`) for ``predictions`` vs ``labels``.
 

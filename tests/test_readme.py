@@ -37,3 +37,14 @@ def test_drop_in_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
 def test_drop_in_example_is_under_forty_lines() -> None:
     lines = [l for l in (ROOT / "examples" / "drop_in_losses.py").read_text().splitlines() if l.strip()]
     assert len(lines) < 40
+
+
+def test_readme_lists_every_decalign_option_with_both_variants() -> None:
+    from alignkit_models.models.decalign import option_table
+
+    assert option_table() in (ROOT / "README.md").read_text()
+
+
+def test_readme_links_stay_inside_the_repository() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert "../shared" not in text

@@ -5,6 +5,8 @@ and target prototypes ``t^{ij}: (K_i, d)`` taken from modality ``j``::
 
     L_proto = 1 / (M (M - 1)) sum_{i != j} 1/N_i sum_n sum_k w^i_n(k) ||F^i_n - t^{ij}_k||^2
 
+``reduction="mean"`` divides the squared distance by ``d`` (the authors' DecAlign code).
+
 The paper pairs component ``k`` of ``i`` with component ``k`` of ``j`` (``matching="index"``),
 which is arbitrary for independently fitted mixtures. ``matching="plan"`` (default) uses the
 barycentric projection of ``j``'s means through the OT plan's ``(i, j)`` marginal ``T^{ij}``:
@@ -73,6 +75,7 @@ def prototype_calibration_loss(
     plan: Tensor | None = None,
     matching: Matching = "plan",
     backend: Backend = "auto",
+    reduction: Literal["sum", "mean"] = "sum",
 ) -> Tensor:
     """Average over ordered modality pairs of the sample-to-prototype calibration (eq. 9).
 
@@ -84,6 +87,7 @@ def prototype_calibration_loss(
         matching: ``"plan"`` (barycentric projection through the plan) or ``"index"`` (the
             paper's component-``k``-to-component-``k`` form; needs equal ``K_i``).
         backend: ``"auto"``, ``"dense"``, ``"blocked"`` (= dense) or ``"keops"`` (module docstring).
+        reduction: ``"sum"`` (``||.||^2``) or ``"mean"`` (``||.||^2 / d``) over the features.
 
     Returns:
         0-dim tensor.
@@ -92,6 +96,7 @@ def prototype_calibration_loss(
     responsibilities = check_sequence(responsibilities, "responsibilities", min_len=len(features))
     means = check_sequence(means, "means", min_len=len(features))
     check_choice(matching, "matching", ["plan", "index"])
+    check_choice(reduction, "reduction", ["sum", "mean"])
     n_modalities = len(features)
     if len(responsibilities) != n_modalities or len(means) != n_modalities:
         raise ValueError(
@@ -143,4 +148,5 @@ def prototype_calibration_loss(
                 row_mass = coupling.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
                 targets = (coupling / row_mass) @ means[j]
             total = total + weighted_squared_distance(features[i], responsibilities[i], targets, backend)
-    return total / (n_modalities * (n_modalities - 1))
+    width = features[0].shape[1] if reduction == "mean" else 1
+    return total / (n_modalities * (n_modalities - 1) * width)

@@ -11,6 +11,12 @@ tol=0``. The data are centred first (EM is translation-equivariant) so that the 
 forms of the E- and M-steps stay accurate in float32. ``reg_covar`` keeps zero-variance features
 and duplicate rows finite.
 
+``regularization="clamp"`` (diagonal covariances) is the EM of the authors' DecAlign code instead:
+variances are floored at ``reg_covar`` rather than increased by it (``S_k = max(var_k, reg_covar)``,
+also for the starting variances), ``N_k = max(sum_n w_nk, 1e-6)`` and ``pi_k = N_k / N``, and the
+E-step takes ``log max(pi_k, 1e-8)``. The floors change values only where a variance or a
+component's mass is that small, but there they do, so they are kept as the authors wrote them.
+
 Backends (``backend=``): ``"dense"`` forms each step's temporaries whole; the full-covariance
 E- and M-steps need ``(N, K d)`` and ``(K, N, d)`` of them. ``"blocked"`` runs both steps over
 blocks of :data:`ROWS` samples and recomputes a block in backward instead of keeping it, so
@@ -42,11 +48,16 @@ from alignkit.kernels.dispatch import Backend, resolve_rowwise_backend
 CovarianceType = Literal["diag", "full"]
 InitMethod = Literal["kmeans++", "spaced"]
 GMMGrad = Literal["unrolled", "last_step"]
+Regularization = Literal["add", "clamp"]
 
 ROWS = 4096
 """Samples per block of the blocked backend (read at call time, so tests can shrink it)."""
 DENSE_MAX_ELEMENTS = 2**25
 """Largest full-covariance temporary (``G N K d`` elements, 128 MB in float32) ``auto`` forms whole."""
+CLAMP_MIN_COUNT = 1e-6
+"""``regularization="clamp"``: floor of a component's responsibility mass ``N_k``."""
+CLAMP_MIN_WEIGHT = 1e-8
+"""``regularization="clamp"``: floor of ``pi_k`` inside the E-step's logarithm."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,14 @@ def _over_row_blocks(fn, rowwise: tuple[Tensor, ...], shared: tuple[Tensor, ...]
 
 
 def _e_step(
-    x: Tensor, x_sq: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance_type: str, backend: str
+    x: Tensor,
+    x_sq: Tensor,
+    weights: Tensor,
+    means: Tensor,
+    covariances: Tensor,
+    covariance_type: str,
+    backend: str,
+    regularization: str = "add",
 ) -> tuple[Tensor, Tensor]:
     """Log responsibilities ``(G, N, K)`` and mean log-likelihood ``(G,)``; ``x_sq = x * x``."""
     if backend == "keops":
@@ -129,7 +147,8 @@ def _e_step(
         log_density = _over_row_blocks(_log_gaussian_diag, (x, x_sq), (means, covariances), backend == "blocked", "cat")
     else:
         log_density = _over_row_blocks(_log_gaussian_full, (x,), (means, covariances), backend == "blocked", "cat")
-    log_joint = log_density + weights.log().unsqueeze(-2)
+    log_weights = (weights.clamp_min(CLAMP_MIN_WEIGHT) if regularization == "clamp" else weights).log()
+    log_joint = log_density + log_weights.unsqueeze(-2)
     log_norm = torch.logsumexp(log_joint, dim=-1, keepdim=True)
     return log_joint - log_norm, log_norm.squeeze(-1).mean(-1)
 
@@ -141,16 +160,28 @@ def _scatter_about_means(x: Tensor, resp: Tensor, means: Tensor) -> Tensor:
 
 
 def _m_step(
-    x: Tensor, x_sq: Tensor, log_resp: Tensor, covariance_type: str, reg_covar: float, backend: str
+    x: Tensor,
+    x_sq: Tensor,
+    log_resp: Tensor,
+    covariance_type: str,
+    reg_covar: float,
+    backend: str,
+    regularization: str = "add",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Weights ``(G, K)``, means ``(G, K, d)``, covariances from responsibilities (scikit-learn's M-step)."""
+    """Weights ``(G, K)``, means ``(G, K, d)``, covariances from responsibilities (scikit-learn's
+    M-step, or the authors' DecAlign M-step for ``regularization="clamp"``)."""
     resp = log_resp.exp()
-    counts = resp.sum(-2) + 10.0 * torch.finfo(resp.dtype).eps  # (G, K)
-    weights = counts / counts.sum(-1, keepdim=True)
+    if regularization == "clamp":
+        counts = resp.sum(-2).clamp_min(CLAMP_MIN_COUNT)  # (G, K)
+        weights = counts / x.shape[-2]
+    else:
+        counts = resp.sum(-2) + 10.0 * torch.finfo(resp.dtype).eps  # (G, K)
+        weights = counts / counts.sum(-1, keepdim=True)
     means = resp.mT @ x / counts.unsqueeze(-1)
     if covariance_type == "diag":
         second_moment = resp.mT @ x_sq / counts.unsqueeze(-1)
-        covariances = (second_moment - means * means).clamp_min(0.0) + reg_covar
+        variances = second_moment - means * means
+        covariances = variances.clamp_min(reg_covar) if regularization == "clamp" else variances.clamp_min(0.0) + reg_covar
     else:
         scatter = _over_row_blocks(_scatter_about_means, (x, resp), (means,), backend == "blocked", "sum")
         covariances = scatter / counts[..., None, None]
@@ -189,16 +220,21 @@ def _initial_means(x: Tensor, n_components: int, init: str, seed: int | None) ->
         if init == "kmeans++":
             rows = _kmeans_plus_plus_rows(x, n_components, seed)
         else:
-            spaced = torch.linspace(0, x.shape[-2] - 1, n_components, device=x.device).round().long()
+            n_samples = x.shape[-2]
+            if n_components <= n_samples:
+                spaced = torch.linspace(0, n_samples - 1, n_components, device=x.device).round().long()
+            else:  # fewer samples than components: the rows in turn, as the authors' code does
+                spaced = torch.arange(n_components, device=x.device) % n_samples
             rows = spaced.expand(x.shape[0], -1)
     return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _initial_covariances(x: Tensor, n_components: int, covariance_type: str, reg_covar: float) -> Tensor:
+def _initial_covariances(x: Tensor, n_components: int, covariance_type: str, reg_covar: float, regularization: str) -> Tensor:
     """Every component starts with the data's own (co)variance."""
     centered = x - x.mean(-2, keepdim=True)
     if covariance_type == "diag":
-        cov = centered.pow(2).mean(-2) + reg_covar  # (G, d)
+        variances = centered.pow(2).mean(-2)
+        cov = variances.clamp_min(reg_covar) if regularization == "clamp" else variances + reg_covar  # (G, d)
         return cov.unsqueeze(1).expand(-1, n_components, -1)
     cov = centered.mT @ centered / x.shape[-2]
     cov = cov + reg_covar * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
@@ -234,25 +270,30 @@ def fit_gmm(
     seed: int | None = 0,
     grad: GMMGrad = "unrolled",
     backend: Backend = "auto",
+    regularization: Regularization = "add",
 ) -> GaussianMixture:
     """Fit a Gaussian mixture to samples by ``n_iter`` EM steps (paper eqs. 2-4).
 
     Args:
         x: ``(N, d)`` samples, or ``(G, N, d)`` for ``G`` independent mixtures fitted at once.
-        n_components: ``K``, at most ``N``.
+        n_components: ``K``; at most ``N`` when k-means++ chooses the starting means.
         covariance_type: ``"diag"`` (variances ``(K, d)``) or ``"full"`` (``(K, d, d)``).
         n_iter: EM steps (``>= 1``); a final E-step then gives responsibilities and likelihood.
-        init: ``"kmeans++"`` (D^2 sampling with ``seed``) or ``"spaced"`` (``K`` evenly spaced rows).
+        init: ``"kmeans++"`` (D^2 sampling with ``seed``) or ``"spaced"`` (``K`` evenly spaced rows,
+            ``round(linspace(0, N - 1, K))``; when ``K > N`` the rows ``0, 1, ..., N - 1, 0, 1, ...``).
             Ignored when ``means_init`` is given.
         means_init: ``(K, d)`` or ``(G, K, d)`` starting means.
         weights_init: ``(K,)`` or ``(G, K)`` starting weights (default uniform).
         covariances_init: starting covariances, shaped like the result's (default: the data's
             covariance for every component).
-        reg_covar: added to every variance / the diagonal, ``> 0``.
+        reg_covar: added to every variance / the diagonal, ``> 0``; with
+            ``regularization="clamp"`` the floor of every variance instead.
         seed: seed of the k-means++ sampler; ``None`` draws a fresh seed.
         grad: ``"unrolled"`` or ``"last_step"`` (see the module docstring).
         backend: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"keops"`` (diagonal covariances
             only); see the module docstring. All give the same EM to float round-off.
+        regularization: ``"add"`` (scikit-learn's) or ``"clamp"`` (the authors' DecAlign EM,
+            diagonal covariances only); see the module docstring.
 
     Returns:
         :class:`GaussianMixture`, float64 for float64 input, float32 otherwise.
@@ -261,15 +302,19 @@ def fit_gmm(
     check_choice(covariance_type, "covariance_type", ["diag", "full"])
     check_choice(init, "init", ["kmeans++", "spaced"])
     check_choice(grad, "grad", ["unrolled", "last_step"])
+    check_choice(regularization, "regularization", ["add", "clamp"])
     check_positive(reg_covar, "reg_covar")
+    if regularization == "clamp" and covariance_type != "diag":
+        raise ValueError("regularization: 'clamp' supports covariance_type='diag' only, received covariance_type='full'")
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter: expected an integer >= 1, received {n_iter!r}")
     n_samples, n_features = x.shape[-2], x.shape[-1]
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"n_components: expected an integer >= 1, received {n_components!r}")
-    if n_components > n_samples:
+    if n_components > n_samples and init == "kmeans++" and means_init is None:
         raise ValueError(
-            f"n_components: expected at most the number of samples ({n_samples}), received {n_components}"
+            f"n_components: expected at most the number of samples ({n_samples}) for init='kmeans++', "
+            f"received {n_components}"
         )
 
     if backend == "keops" and covariance_type != "diag":
@@ -298,16 +343,16 @@ def fit_gmm(
     weights = weights0 if weights0 is not None else xc.new_full((batch, n_components), 1.0 / n_components)
     covariances = (
         covariances0 if covariances0 is not None
-        else _initial_covariances(xc, n_components, covariance_type, reg_covar)
+        else _initial_covariances(xc, n_components, covariance_type, reg_covar, regularization)
     )
 
     xc_sq = xc * xc  # shared by every diagonal E- and M-step
     for step in range(n_iter):
         differentiable = grad == "unrolled" or step == n_iter - 1
         with contextlib.nullcontext() if differentiable else torch.no_grad():
-            log_resp, _ = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend)
-            weights, means, covariances = _m_step(xc, xc_sq, log_resp, covariance_type, reg_covar, backend)
-    log_resp, log_likelihood = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend)
+            log_resp, _ = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend, regularization)
+            weights, means, covariances = _m_step(xc, xc_sq, log_resp, covariance_type, reg_covar, backend, regularization)
+    log_resp, log_likelihood = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend, regularization)
 
     means = means + center
     result = (weights, means, covariances, log_resp.exp(), log_likelihood)

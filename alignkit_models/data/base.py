@@ -3,7 +3,10 @@
 A :class:`MultimodalDataset` holds three :class:`MultimodalSplit` (train / valid / test). Each
 split stores, per modality, a float32 array ``(N, T_m, d_m)`` (utterance-level data such as
 UCI Multiple Features has ``T_m = 1``) and the number of valid (non-padded) steps per sample,
-``(N,)`` int64. :func:`collate` turns a list of samples into padded tensors and boolean masks.
+``(N,)`` int64. Text may instead be BERT token ids: an int64 array ``(N, L, 3)`` whose last axis
+holds token id, attention mask and segment id (see ``load_mmsa(..., text="tokens")``); a model
+then has to embed it, e.g. with :class:`~alignkit_models.layers.text.BertTextEncoder`.
+:func:`collate` turns a list of samples into padded tensors and boolean masks.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ Task = Literal["regression", "classification"]
 @dataclass
 class MultimodalSplit:
     """One split: ``features[name]`` is ``(N, T, d)`` float32, ``lengths[name]`` is ``(N,)`` int64,
-    ``labels`` is ``(N,)`` (float32 for regression, int64 class indices for classification)."""
+    ``labels`` is ``(N,)`` (float32 for regression, int64 class indices for classification).
+
+    A token modality (BERT text) holds int64 ``(N, L, 3)`` instead: per token its id, attention
+    mask (1 on real tokens) and segment id; its lengths are the attention mask summed over ``L``.
+    """
 
     features: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
@@ -57,8 +64,13 @@ class MultimodalDataset:
 
     @property
     def input_dims(self) -> dict[str, int]:
-        """Feature width ``d_m`` per modality."""
+        """Feature width ``d_m`` per modality (3 for a token modality: id, mask, segment)."""
         return {m: int(self.train.features[m].shape[-1]) for m in self.modalities}
+
+    @property
+    def token_modalities(self) -> tuple[str, ...]:
+        """Modalities held as int64 ``(N, L, 3)`` token ids rather than float features."""
+        return tuple(m for m in self.modalities if is_token_array(self.train.features[m]))
 
     @property
     def sequence_lengths(self) -> dict[str, int]:
@@ -89,18 +101,30 @@ class SplitDataset(Dataset):
         }
 
 
+def is_token_array(array: np.ndarray) -> bool:
+    """Whether ``array`` holds token ids (an integer dtype) rather than float features."""
+    return array.dtype.kind in "iu"
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch.
 
+    Integer arrays (token ids, ``(L, 3)`` per sample) stay integers; everything else becomes
+    float32.
+
     Returns:
-        ``{"features": {m: (B, T_m, d_m) float32}, "masks": {m: (B, T_m) bool, True on real steps},
-        "labels": (B,)}``.
+        ``{"features": {m: (B, T_m, d_m) float32, or (B, L, 3) int64 for tokens},
+        "masks": {m: (B, T_m) bool, True on real steps}, "labels": (B,)}``.
     """
     modalities = list(samples[0]["features"])
     features: dict[str, Tensor] = {}
     masks: dict[str, Tensor] = {}
     for m in modalities:
-        features[m] = torch.from_numpy(np.stack([s["features"][m] for s in samples])).float()
+        stacked = np.stack([s["features"][m] for s in samples])
+        if is_token_array(stacked):
+            features[m] = torch.from_numpy(stacked.astype(np.int64, copy=False))
+        else:
+            features[m] = torch.from_numpy(stacked).float()
         lengths = torch.tensor([s["lengths"][m] for s in samples])
         steps = torch.arange(features[m].shape[1])
         masks[m] = steps.unsqueeze(0) < lengths.unsqueeze(1)

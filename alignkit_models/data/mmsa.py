@@ -6,10 +6,12 @@ The MMSA toolkit ships each data set as one pickle holding a dict with keys ``"t
 ``text``
     float ``(N, L, 768)``: BERT-like vectors, one per (padded) token.
 ``text_bert``
-    int64 ``(N, 3, L)``: token ids, attention mask and segment ids. Some files hold only this raw
-    token layout, some hold both it and ``text``. alignkit has no BERT to run, so it needs the
-    float ``text``; when both are present the attention mask (row 1) still supplies the text
-    lengths.
+    int64 ``(N, 3, L)``: token ids, attention mask and segment ids (the MMSA-FET order; some
+    older files swap the last two rows, see below). Some files hold only this raw token layout,
+    some hold both it and ``text``. By default (``text="features"``) alignkit reads the float
+    ``text``, and the attention mask of ``text_bert``, when present, supplies the text lengths.
+    With ``text="tokens"`` it reads ``text_bert`` instead, for a model that runs BERT itself
+    (:class:`~alignkit_models.layers.text.BertTextEncoder`).
 ``audio``, ``vision``
     float ``(N, T_a, d_a)`` and ``(N, T_v, d_v)``.
 ``audio_lengths``, ``vision_lengths`` (optional)
@@ -24,6 +26,13 @@ The MMSA toolkit ships each data set as one pickle holding a dict with keys ``"t
 with ``task="regression"``. Padding is assumed to sit at the end of each sequence, which is how
 :func:`~alignkit_models.data.base.collate` builds masks.
 
+Which ``text_bert`` row is the attention mask is decided per split with the rule of the
+official DecAlign code: row 1 if row 2 sums to 0 over the whole split or row 1 sums to at least
+as much as row 2, otherwise row 2 (row 1 then holds the segment ids). A segment id is 1 only on
+real tokens of a second sentence, so the mask never sums to less than the segment ids. With
+``text="tokens"`` the split's text is stored as int64 ``(N, L, 3)`` with the columns always in
+the order token id, attention mask, segment id.
+
 Pickles run code when they are loaded: only load MMSA files from sources you trust.
 """
 
@@ -34,16 +43,20 @@ import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, Task
 
-__all__ = ["DATASET_DIMS", "MODALITIES", "SPLITS", "load_mmsa"]
+__all__ = ["DATASET_DIMS", "MODALITIES", "SPLITS", "TEXT_INPUTS", "TextInput", "load_mmsa", "mmsa_dataset"]
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
+
+#: How the text modality is read: float ``text`` features or ``text_bert`` token ids.
+TextInput = Literal["features", "tokens"]
+TEXT_INPUTS: tuple[str, ...] = ("features", "tokens")
 
 #: Feature widths, padded lengths, split sizes and label ranges of the MMSA releases
 #: (MOSI and MOSEI ``aligned_50.pkl``, CH-SIMS ``unaligned_39.pkl``).
@@ -81,8 +94,8 @@ _CLEAN_CHUNK = 1024
 
 _TEXT_BERT_HINT = (
     "this file holds BERT token ids in 'text_bert' (N, 3, L: token ids, attention mask, segment "
-    "ids) but no float 'text' features; alignkit runs on pre-extracted 768-d text features and "
-    "cannot run BERT. Use a feature file with a float 'text' key (N, L, 768), e.g. MMSA's "
+    "ids) but no float 'text' features. Load it with text='tokens' for a model that runs BERT on "
+    "the ids, or use a feature file with a float 'text' key (N, L, 768), e.g. MMSA's "
     "aligned_50.pkl / unaligned_50.pkl"
 )
 
@@ -93,6 +106,7 @@ def load_mmsa(
     name: str = "mmsa",
     modalities: Sequence[str] = MODALITIES,
     task: Task = "regression",
+    text: TextInput = "features",
 ) -> MultimodalDataset:
     """Read an MMSA feature pickle into a :class:`MultimodalDataset`.
 
@@ -103,14 +117,20 @@ def load_mmsa(
         modalities: which of ``"text"``, ``"audio"``, ``"vision"`` to keep.
         task: ``"regression"`` reads ``regression_labels`` (float32); ``"classification"``
             reads ``classification_labels`` as int64 class indices (e.g. IEMOCAP's six emotions).
+        text: ``"features"`` reads the float ``text`` key; ``"tokens"`` reads the BERT token ids
+            of ``text_bert`` (ignored when ``"text"`` is not among ``modalities``).
 
     Returns:
-        The data set; features are float32 ``(N, T, d)``, lengths int64 ``(N,)``, labels ``(N,)``.
+        The data set; features are float32 ``(N, T, d)``, lengths int64 ``(N,)``, labels ``(N,)``;
+        with ``text="tokens"`` the text is int64 ``(N, L, 3)`` (token id, attention mask,
+        segment id per token).
 
-    Text handling: the float ``text`` key is used. If it is missing (or holds integers) while
-    ``text_bert`` is present, a :class:`ValueError` explains that the file holds token ids only.
-    When both are present, ``text_bert`` is ignored except that its attention mask (row 1)
-    gives the text lengths.
+    Text handling with ``text="features"``: the float ``text`` key is used. If it is missing (or
+    holds integers) while ``text_bert`` is present, a :class:`ValueError` explains that the file
+    holds token ids only. When both are present, ``text_bert`` is ignored except that its
+    attention mask gives the text lengths. With ``text="tokens"``, ``text_bert`` must be an
+    integer ``(N, 3, L)`` array; the float ``text`` key is ignored and the text lengths are the
+    attention mask summed over ``L``.
 
     Lengths come from ``<modality>_lengths`` when present (clipped to ``[0, T]``), else, for
     text, from the ``text_bert`` attention mask, else every sequence is full length.
@@ -120,16 +140,18 @@ def load_mmsa(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a dict of splits, or a split lacks a key, has a wrongly
-            shaped array, disagrees on the number of samples, or changes a feature width; the
-            message names the split and key.
+        ValueError: ``text`` is neither ``"features"`` nor ``"tokens"``; the file is not a dict
+            of splits, or a split lacks a key, has a wrongly shaped array (or, for
+            ``text="tokens"``, a non-integer ``text_bert``), disagrees on the number of samples,
+            or changes a feature width; the message names the split and key.
     """
+    _check_text_input(text)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MMSA file not found: {path}")
     with path.open("rb") as handle:
         data = pickle.load(handle)
-    return mmsa_dataset(data, name=name, modalities=modalities, task=task, source=str(path))
+    return mmsa_dataset(data, name=name, modalities=modalities, task=task, text=text, source=str(path))
 
 
 def mmsa_dataset(
@@ -138,12 +160,14 @@ def mmsa_dataset(
     name: str = "mmsa",
     modalities: Sequence[str] = MODALITIES,
     task: Task = "regression",
+    text: TextInput = "features",
     source: str = "<memory>",
 ) -> MultimodalDataset:
     """:func:`load_mmsa` on an MMSA dict already in memory (e.g. from the synthetic generator).
 
     ``source`` names the data in messages. The dict's arrays may be modified in place.
     """
+    _check_text_input(text)
     modalities = _check_modalities(modalities)
     if not isinstance(data, dict):
         raise ValueError(
@@ -160,7 +184,7 @@ def mmsa_dataset(
         raw = data[split]
         if not isinstance(raw, dict):
             raise ValueError(f"{split!r}: expected a dict of arrays in {source}, received {type(raw).__name__}")
-        splits[split] = _load_split(raw, split, modalities, replaced, task)
+        splits[split] = _load_split(raw, split, modalities, replaced, task, text)
 
     _check_widths(splits, modalities)
     if replaced:
@@ -185,6 +209,11 @@ def mmsa_dataset(
     )
 
 
+def _check_text_input(text: str) -> None:
+    if text not in TEXT_INPUTS:
+        raise ValueError(f"text: expected one of {TEXT_INPUTS}, received {text!r}")
+
+
 def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
     # A bare string is a Sequence too; "text" would otherwise become ("t", "e", "x", "t").
     if isinstance(modalities, str):
@@ -201,13 +230,22 @@ def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
 
 
 def _load_split(
-    raw: dict[str, Any], split: str, modalities: tuple[str, ...], replaced: dict[str, int], task: Task
+    raw: dict[str, Any],
+    split: str,
+    modalities: tuple[str, ...],
+    replaced: dict[str, int],
+    task: Task,
+    text: TextInput,
 ) -> MultimodalSplit:
     labels = _labels(raw, split, task)
     n = len(labels)
     features: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for m in modalities:
+        if m == "text" and text == "tokens":
+            features[m] = _tokens(raw, split, n)
+            lengths[m] = features[m][:, :, 1].sum(axis=1)
+            continue
         if m == "text":
             _check_text_layout(raw, split)
         array = _features(raw, split, m, n, replaced)
@@ -243,8 +281,46 @@ def _check_text_layout(raw: dict[str, Any], split: str) -> None:
     if text_is_ids:
         raise ValueError(
             f"{split}['text']: expected float features (N, L, 768), received an integer array of "
-            f"shape {np.shape(text)}, which looks like token ids; alignkit cannot run BERT"
+            f"shape {np.shape(text)}, which looks like token ids; BERT token ids belong in 'text_bert' "
+            f"(N, 3, L), read with text='tokens'"
         )
+
+
+def _tokens(raw: dict[str, Any], split: str, n: int) -> np.ndarray:
+    """``text_bert`` ``(N, 3, L)`` as int64 ``(N, L, 3)``: token id, attention mask, segment id."""
+    where = f"{split}['text_bert']"
+    if "text_bert" not in raw:
+        raise ValueError(f"{where}: missing key (needed for text='tokens')")
+    tokens = np.asarray(raw["text_bert"])
+    if tokens.ndim != 3 or tokens.shape[1] != 3:
+        raise ValueError(
+            f"{where}: expected shape (N, 3, L) (token ids, attention mask, segment ids), received {tokens.shape}"
+        )
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"{where}: expected integer token ids for text='tokens', received dtype {tokens.dtype}")
+    if tokens.shape[0] != n:
+        raise ValueError(f"{where}: {tokens.shape[0]} samples, but {split}['regression_labels'] has {n}")
+    if tokens.size and tokens[:, 0].min() < 0:
+        raise ValueError(f"{where}: expected token ids >= 0, received {tokens[:, 0].min()}")
+    mask_row = _attention_row(tokens)
+    mask = tokens[:, mask_row]
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"{where}: expected an attention mask of 0s and 1s in row {mask_row}, received other values")
+    out = np.empty((tokens.shape[0], tokens.shape[2], 3), dtype=np.int64)
+    out[:, :, 0] = tokens[:, 0]
+    out[:, :, 1] = mask
+    out[:, :, 2] = tokens[:, 3 - mask_row]
+    return out
+
+
+def _attention_row(tokens: np.ndarray) -> int:
+    """Row (1 or 2) of a ``(N, 3, L)`` token array holding the attention mask.
+
+    The official DecAlign rule: MMSA-FET writes ids, mask, segments; older files ids, segments,
+    mask. Row 1 is the mask when row 2 is all zeros or row 1 sums to at least as much.
+    """
+    row_1, row_2 = tokens[:, 1].sum(), tokens[:, 2].sum()
+    return 1 if row_2 == 0 or row_1 >= row_2 else 2
 
 
 def _features(raw: dict[str, Any], split: str, key: str, n: int, replaced: dict[str, int]) -> np.ndarray:
@@ -287,7 +363,7 @@ def _lengths(raw: dict[str, Any], split: str, modality: str, n: int, steps: int)
         where = f"{split}['text_bert']"
         if tokens.ndim != 3 or tokens.shape[1] != 3:
             raise ValueError(f"{where}: expected shape (N, 3, L) (ids, attention mask, segment ids), received {tokens.shape}")
-        return _as_lengths(tokens[:, 1, :].sum(axis=-1), where, n, steps)
+        return _as_lengths(tokens[:, _attention_row(tokens), :].sum(axis=-1), where, n, steps)
     return np.full(n, steps, dtype=np.int64)
 
 

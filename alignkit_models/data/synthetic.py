@@ -35,6 +35,14 @@ MOSI/MOSEI 50/375/500 as in MMSA's ``unaligned_50.pkl``), ``audio_lengths`` and
 length, at least 1), and zeros after each length. Text always has full length and, as in MMSA,
 no lengths key.
 
+With ``text_bert=True`` each split also holds MMSA-FET style BERT inputs ``text_bert``, int64
+``(N, 3, L)`` with ``L`` the text length: row 0 token ids drawn uniformly from ``[1, vocab_size)``
+on real tokens and 0 (padding) after, row 1 the attention mask (1 on the first ``length`` tokens,
+``length`` from the sample's utterance duration like the audio/vision lengths, at least 1), row
+2 segment ids (all 0). The ids carry none of the planted structure: they exist so the token
+path (``load_mmsa(..., text="tokens")``, BERT encoders) can run without real data. They are
+drawn after everything else, so the other arrays do not depend on ``text_bert``.
+
 Besides ``train``/``valid``/``test`` the dict has a top-level ``"synthetic"`` entry with the
 generation settings and the latents (``sentiment``, ``shared``, ``unique[m]`` per split), so
 tests can check what a model recovers; MMSA readers ignore it.
@@ -93,6 +101,8 @@ def make_synthetic_mmsa(
     seed: int = 0,
     aligned: bool | None = None,
     noise: float = 1.0,
+    text_bert: bool = False,
+    vocab_size: int = 100,
 ) -> dict[str, Any]:
     """Build an MMSA-format dict with planted structure (see the module docstring).
 
@@ -105,12 +115,16 @@ def make_synthetic_mmsa(
             (False); default the preset's own (aligned for MOSI/MOSEI, unaligned for SIMS).
         noise: standard deviation of the per-step Gaussian noise, against a per-feature signal
             of about unit variance.
+        text_bert: also write int64 ``text_bert`` ``(N, 3, L)`` token ids, attention mask and
+            segment ids (see the module docstring).
+        vocab_size: token ids lie in ``[0, vocab_size)``, 0 being padding; at least 2.
 
     Returns:
         ``{"train": {...}, "valid": {...}, "test": {...}, "synthetic": {...}}``; each split holds
         float32 ``text``/``audio``/``vision`` ``(N, T, d)``, float32 ``regression_labels``
         ``(N,)``, int64 ``classification_labels`` (0 negative, 1 neutral, 2 positive), ``id`` and
-        ``raw_text`` (str arrays) and, when unaligned, int64 ``audio_lengths``/``vision_lengths``.
+        ``raw_text`` (str arrays), when unaligned int64 ``audio_lengths``/``vision_lengths`` and,
+        with ``text_bert=True``, int64 ``text_bert`` ``(N, 3, L)``.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {PRESETS}, received {preset!r}")
@@ -118,6 +132,8 @@ def make_synthetic_mmsa(
     sizes = _check_sizes(spec["sizes"] if sizes is None else sizes)
     if not (np.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise: expected a finite number >= 0, received {noise!r}")
+    if text_bert and not (isinstance(vocab_size, (int, np.integer)) and vocab_size >= 2):
+        raise ValueError(f"vocab_size: expected an integer >= 2 (0 is padding), received {vocab_size!r}")
     aligned = bool(spec["aligned"]) if aligned is None else bool(aligned)
     if aligned:
         steps = {m: int(spec["lengths"]["text"]) for m in MODALITIES}
@@ -169,11 +185,18 @@ def make_synthetic_mmsa(
         entry["raw_text"] = np.array([f"synthetic sample {i}" for i in range(lo, hi)])
         result[split] = entry
 
+    if text_bert:
+        # Drawn last, so that every other array is the same with or without token ids.
+        tokens = _token_ids(rng, duration, steps["text"], int(vocab_size))
+        for index, split in enumerate(SPLITS):
+            result[split]["text_bert"] = tokens[bounds[index] : bounds[index + 1]]
+
     result["synthetic"] = {
         "preset": preset,
         "seed": seed,
         "aligned": aligned,
         "noise": float(noise),
+        "text_bert": bool(text_bert),
         "label_weights": dict(LABEL_WEIGHTS),
         "latents": {
             split: {
@@ -195,9 +218,13 @@ def write_synthetic_mmsa(
     seed: int = 0,
     aligned: bool | None = None,
     noise: float = 1.0,
+    text_bert: bool = False,
+    vocab_size: int = 100,
 ) -> Path:
     """Pickle :func:`make_synthetic_mmsa` to ``path`` (parent folders created) and return it."""
-    data = make_synthetic_mmsa(preset, sizes=sizes, seed=seed, aligned=aligned, noise=noise)
+    data = make_synthetic_mmsa(
+        preset, sizes=sizes, seed=seed, aligned=aligned, noise=noise, text_bert=text_bert, vocab_size=vocab_size
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so an interrupted run never leaves a truncated pickle behind.
@@ -221,6 +248,17 @@ def _labels(mix: np.ndarray, preset: str) -> np.ndarray:
     labels = np.round(top * np.tanh(mix) / step) * step
     # "+ 0.0" turns the -0.0 that rounding yields for small negatives into 0.0.
     return np.clip(labels, -top, top) + 0.0
+
+
+def _token_ids(rng: np.random.Generator, duration: np.ndarray, steps: int, vocab_size: int) -> np.ndarray:
+    """int64 ``(n, 3, steps)``: token ids, attention mask and segment ids (MMSA-FET order)."""
+    n = len(duration)
+    lengths = np.clip(np.ceil(duration * steps), 1, steps).astype(np.int64)
+    mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.int64)
+    tokens = np.zeros((n, 3, steps), dtype=np.int64)
+    tokens[:, 0] = rng.integers(1, vocab_size, (n, steps)) * mask
+    tokens[:, 1] = mask
+    return tokens
 
 
 def _ar1_gain(rng: np.random.Generator, n: int, steps: int) -> np.ndarray:

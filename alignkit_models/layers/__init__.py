@@ -6,9 +6,11 @@ from alignkit_models.layers.dropout import FastDropout
 from alignkit_models.layers.heads import ResidualHead
 from alignkit_models.layers.projection import TemporalProjection
 from alignkit_models.layers.sequence import SequenceEncoder
+from alignkit_models.layers.text import BertTextEncoder  # imports transformers only when built
 from alignkit_models.layers.transformer import CrossModalEncoder, sinusoidal_positions
 
 __all__ = [
+    "BertTextEncoder",
     "CrossModalEncoder",
     "FastDropout",
     "PairwiseCrossModal",

@@ -1,32 +1,41 @@
-"""The MulT cross-modal transformer (Tsai et al., ACL 2019), batch-first.
+"""Cross-modal transformer stacks, batch-first: MulT's (Tsai et al., ACL 2019) and DecAlign's.
 
-A stack of pre-LayerNorm layers in which a target sequence attends to a source sequence
-(self-attention when no source is given)::
+A stack of layers in which a target sequence attends to a source sequence (self-attention when
+no source is given). Two layer layouts::
 
-    x = sqrt(d) * x + positions ; dropout        (the same for the source)
-    each layer:  x = x + drop(MHA(LN(x), LN(src), LN(src)))
-                 x = x + drop(W2 relu-drop(W1 LN(x)))
-    final LayerNorm
+    input:       x = sqrt(d) * x (+ sinusoidal positions) ; dropout       (the same for the source)
+    norm="pre"   (MulT)      x = x + drop(MHA(LN(x), LN(src), LN(src)))
+                             x = x + drop(W2 relu-drop(W1 LN(x)))          ... final LayerNorm
+    norm="post"  (DecAlign)  x = LN(x + drop(MHA(x, src, src)))
+                             x = LN(x + drop(W2 relu-drop(W1 x)))          (no final LayerNorm)
 
-Attention runs on ``F.scaled_dot_product_attention``; dropouts other than the attention weights
-use :class:`~alignkit_models.layers.dropout.FastDropout`.
+The authors' DecAlign code uses the post-norm layout without positions, draws the embedding
+dropout of keys and values separately (``independent_key_value_dropout``), and leaves the
+feed-forward layers at PyTorch's default initialisation (``feedforward_init="torch"``); MulT
+initialises them Xavier-uniform with zero biases. In both, the attention's packed ``(3d, d)``
+input projection is Xavier-uniform with zero biases and its output bias is zero.
 
-Padding masks (True on real steps) keep padded source steps out of every attention; a sample
-whose source is entirely padding attends to all steps instead (its output is masked later),
-which avoids the NaN of an all-masked softmax. The optional "future" mask is MulT's: position
-``i`` of the target may not see source positions beyond ``i + |T_src - T_tgt|``.
+Attention runs on ``F.scaled_dot_product_attention`` (its fused kernel) unless attention weights
+are dropped in training: then the weights are formed explicitly and dropped by
+:func:`~alignkit_models.layers.dropout.keep_mask` (torch's own dropout path inside SDPA cost 3x
+more on a CPU). Padding masks (True on real steps) keep padded source steps out of
+every attention; a sample whose source is entirely padding attends to all steps instead (its
+output is masked later), which avoids the NaN of an all-masked softmax. The optional "future"
+mask is MulT's: position ``i`` of the target may not see source positions beyond
+``i + |T_src - T_tgt|``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit_models.layers.dropout import FastDropout
+from alignkit_models.layers.dropout import keep_mask, make_dropout
 
 
 @functools.lru_cache(maxsize=64)
@@ -40,47 +49,84 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     return table
 
 
-class _Attention(nn.Module):
-    """Multi-head attention on ``F.scaled_dot_product_attention`` (the fused kernel when no
-    attention-weight dropout is asked for, which is the costly one on a CPU)."""
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with a packed ``(3d, d)`` query/key/value projection.
 
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+    ``forward(x, key, value, keep)``: queries from ``x (B, T_t, d)``, keys and values from
+    ``key``/``value (B, T_s, d)`` (the same tensor for ordinary attention: one fused product).
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, fast_dropout: bool = True) -> None:
         super().__init__()
+        self.dim = dim
         self.n_heads = n_heads
         self.dropout = dropout
-        self.query = nn.Linear(dim, dim)
-        self.key_value = nn.Linear(dim, 2 * dim)
+        self.fast_dropout = fast_dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out.bias)
 
     def _heads(self, x: Tensor) -> Tensor:
         batch, steps, dim = x.shape
         return x.view(batch, steps, self.n_heads, dim // self.n_heads).transpose(1, 2)
 
-    def forward(self, x: Tensor, source: Tensor, keep: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key: Tensor, value: Tensor, keep: Tensor | None) -> Tensor:
         """``keep``: bool, broadcastable to ``(B, heads, T_t, T_s)``, True where attention is allowed."""
-        query = self._heads(self.query(x))
-        key, value = (self._heads(t) for t in self.key_value(source).chunk(2, dim=-1))
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0
-        )
+        d, weight, bias = self.dim, self.in_proj_weight, self.in_proj_bias
+        if key is x and value is x:
+            query, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        elif key is value:
+            query = F.linear(x, weight[:d], bias[:d])
+            k, v = F.linear(key, weight[d:], bias[d:]).chunk(2, dim=-1)
+        else:
+            query = F.linear(x, weight[:d], bias[:d])
+            k = F.linear(key, weight[d : 2 * d], bias[d : 2 * d])
+            v = F.linear(value, weight[2 * d :], bias[2 * d :])
+        query, k, v = self._heads(query), self._heads(k), self._heads(v)
+        if self.training and self.dropout > 0:
+            scores = (query * (query.shape[-1] ** -0.5)) @ k.transpose(-1, -2)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            weights = scores.softmax(-1)
+            if self.fast_dropout:
+                weights = weights * keep_mask(weights.shape, self.dropout, weights.device, weights.dtype)
+            else:
+                weights = F.dropout(weights, self.dropout)
+            attended = weights @ v
+        else:
+            attended = F.scaled_dot_product_attention(query, k, v, attn_mask=keep)
         return self.out(attended.transpose(1, 2).reshape(x.shape))
 
 
 class _Layer(nn.Module):
-    def __init__(self, dim: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
+    def __init__(
+        self, dim: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float, norm: str, fast_dropout: bool
+    ) -> None:
         super().__init__()
-        self.attention = _Attention(dim, n_heads, attn_dropout)
+        self.post_norm = norm == "post"
+        self.attention = MultiheadAttention(dim, n_heads, attn_dropout, fast_dropout)
         self.norm_attention = nn.LayerNorm(dim)
         self.norm_feedforward = nn.LayerNorm(dim)
         self.feedforward = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.ReLU(), FastDropout(relu_dropout), nn.Linear(4 * dim, dim)
+            nn.Linear(dim, 4 * dim), nn.ReLU(), make_dropout(relu_dropout, fast_dropout), nn.Linear(4 * dim, dim)
         )
-        self.res_dropout = FastDropout(res_dropout)
+        self.res_dropout = make_dropout(res_dropout, fast_dropout)
 
-    def forward(self, x: Tensor, source: Tensor | None, keep: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key: Tensor | None, value: Tensor | None, keep: Tensor | None) -> Tensor:
+        if self.post_norm:
+            key = x if key is None else key
+            value = x if value is None else value
+            x = self.norm_attention(x + self.res_dropout(self.attention(x, key, value, keep)))
+            return self.norm_feedforward(x + self.res_dropout(self.feedforward(x)))
         query = self.norm_attention(x)
-        kv = query if source is None else self.norm_attention(source)
-        x = x + self.res_dropout(self.attention(query, kv, keep))
+        if key is None:
+            key = value = query
+        else:  # pre-norm: keys and values are the normalised source
+            key = self.norm_attention(key)
+            value = key if value is None or value is key else self.norm_attention(value)
+        x = x + self.res_dropout(self.attention(query, key, value, keep))
         return x + self.res_dropout(self.feedforward(self.norm_feedforward(x)))
 
 
@@ -92,6 +138,14 @@ class CrossModalEncoder(nn.Module):
         n_heads, n_layers: attention heads and layers.
         attn_dropout, relu_dropout, res_dropout, embed_dropout: MulT's four dropout rates.
         future_mask: apply MulT's causal-style mask (MulT's default is on).
+        norm: ``"pre"`` (MulT, with a final LayerNorm) or ``"post"`` (the authors' DecAlign code).
+        positions: add sinusoidal position embeddings to the scaled inputs.
+        independent_key_value_dropout: draw the source's embedding dropout separately for keys
+            and for values (the authors' DecAlign code) instead of once.
+        feedforward_init: ``"xavier"`` (Xavier-uniform weights, zero biases: MulT) or ``"torch"``
+            (``nn.Linear``'s default: the authors' DecAlign code).
+        fast_dropout: :class:`~alignkit_models.layers.dropout.FastDropout` (byte-quantised
+            probability) for the residual, feed-forward and embedding dropouts, else ``nn.Dropout``.
     """
 
     def __init__(
@@ -105,22 +159,40 @@ class CrossModalEncoder(nn.Module):
         res_dropout: float = 0.1,
         embed_dropout: float = 0.1,
         future_mask: bool = False,
+        norm: Literal["pre", "post"] = "pre",
+        positions: bool = True,
+        independent_key_value_dropout: bool = False,
+        feedforward_init: Literal["xavier", "torch"] = "xavier",
+        fast_dropout: bool = True,
     ) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"n_heads: expected a divisor of dim={dim}, received {n_heads}")
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm: expected 'pre' or 'post', received {norm!r}")
+        if feedforward_init not in ("xavier", "torch"):
+            raise ValueError(f"feedforward_init: expected 'xavier' or 'torch', received {feedforward_init!r}")
         self.dim = dim
-        self.layers = nn.ModuleList(_Layer(dim, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers))
-        self.embed_dropout = FastDropout(embed_dropout)
-        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(
+            _Layer(dim, n_heads, attn_dropout, relu_dropout, res_dropout, norm, fast_dropout) for _ in range(n_layers)
+        )
+        self.embed_dropout = make_dropout(embed_dropout, fast_dropout)
+        self.norm = nn.LayerNorm(dim) if norm == "pre" else None
         self.future_mask = future_mask
-        for module in self.modules():
-            if isinstance(module, nn.Linear):  # Xavier-uniform weights, zero biases (MulT)
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.positions = positions
+        self.independent_key_value_dropout = independent_key_value_dropout
+        if feedforward_init == "xavier":
+            for layer in self.layers:
+                for module in layer.feedforward:
+                    if isinstance(module, nn.Linear):
+                        nn.init.xavier_uniform_(module.weight)
+                        nn.init.zeros_(module.bias)
 
     def _embed(self, x: Tensor) -> Tensor:
-        return self.embed_dropout(math.sqrt(self.dim) * x + sinusoidal_positions(x.shape[1], self.dim, x.device))
+        scaled = math.sqrt(self.dim) * x
+        if self.positions:
+            scaled = scaled + sinusoidal_positions(x.shape[1], self.dim, x.device)
+        return self.embed_dropout(scaled)
 
     def forward(
         self,
@@ -132,7 +204,10 @@ class CrossModalEncoder(nn.Module):
         """``target (B, T_t, d)``, ``source (B, T_s, d)`` or None (self-attention), ``source_mask (B, T_s)``
         True on real steps (for self-attention: the target's own mask)."""
         x = self._embed(target)
-        src = None if source is None else self._embed(source)
+        key = value = None
+        if source is not None:
+            key = self._embed(source)
+            value = self._embed(source) if self.independent_key_value_dropout and self.training else key
         keep = None
         if source_mask is not None:
             usable = source_mask.any(1, keepdim=True)
@@ -142,5 +217,5 @@ class CrossModalEncoder(nn.Module):
             future = torch.ones(t_tgt, t_src, dtype=torch.bool, device=target.device).triu(1 + abs(t_src - t_tgt))
             keep = ~future if keep is None else keep & ~future
         for layer in self.layers:
-            x = layer(x, src, keep)
-        return self.norm(x)
+            x = layer(x, key, value, keep)
+        return x if self.norm is None else self.norm(x)

@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit_models.data.catalog import dataset_info, load_dataset
+from alignkit_models.data.catalog import dataset_info
 from alignkit_models.training.config import TrainConfig
-from alignkit_models.training.trainer import run_experiment
+from alignkit_models.training.trainer import prepare_dataset, run_experiment
 
 # Per metric family: (x axis, y axis, bubble size) of the bubble plot.
 BUBBLE_AXES = {
@@ -50,7 +50,7 @@ def run_comparison(configs: list[TrainConfig], *, folder: Path | None = None, re
         raise ValueError(f"dataset: a comparison needs one data set, received {sorted(datasets)}")
     folder = folder if folder is not None else _fresh_folder(configs[0])
     folder.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(configs[0].dataset, configs[0].data)  # loaded once, shared by every model
+    dataset = prepare_dataset(configs[0])  # loaded once, shared by every model
     summaries = {}
     for config in configs:
         summaries[config.model] = run_experiment(config, run_dir=folder / config.model, resume=resume, dataset=dataset)

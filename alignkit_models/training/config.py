@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 
 from alignkit_models.data.catalog import dataset_info
+from alignkit_models.metrics import metric_keys
 from alignkit_models.registry import list_models
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
@@ -26,12 +27,21 @@ class ConfigError(ValueError):
 
 
 class ProtocolConfig(BaseModel):
-    """The training protocol shared by every model on a data set (the paper's optimizer set-up)."""
+    """The training protocol shared by every model on a data set (the paper's optimizer set-up).
+
+    ``selection_metric`` is the validation metric for early stopping, the learning-rate schedule
+    and the best checkpoint: a metric key of the data set (e.g. ``mae``, ``acc2_nonzero``,
+    ``f1``, ``waf1``) or ``loss`` (the mean over validation batches of the task loss); None is
+    the data set's default. ``loss``, ``mae`` are minimised, every other metric maximised.
+    ``text_encoder_lr`` is the learning rate of a fine-tuned BERT text encoder (default ``lr``).
+    ``drop_last`` drops the incomplete last training batch of each epoch.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-4
+    text_encoder_lr: PositiveFloat | None = None
     weight_decay: NonNegativeFloat = 0.005
     grad_clip: PositiveFloat | None = 0.6
     max_epochs: PositiveInt = 40
@@ -39,6 +49,19 @@ class ProtocolConfig(BaseModel):
     lr_patience: int = Field(default=4, ge=0)
     early_stopping_patience: PositiveInt = 8
     regression_loss: Literal["mse", "l1"] = "mse"
+    selection_metric: str | None = None
+    drop_last: bool = True
+
+
+class PreprocessingConfig(BaseModel):
+    """Feature preprocessing applied once after loading (the authors' MOSEI / CH-SIMS set-up):
+    the ``standardize`` modalities are clipped to the training split's ``clip_percentiles``
+    (per feature, over samples and steps) and standardised with its mean and std."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    standardize: list[str] = Field(default_factory=list)
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
 
 
 class TrainConfig(BaseModel):
@@ -51,6 +74,7 @@ class TrainConfig(BaseModel):
     data: str | None = None
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
     protocol: ProtocolConfig = ProtocolConfig()
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
     model_options: dict[str, Any] = Field(default_factory=dict)
     device: str = "cpu"
     output_dir: str = "runs"
@@ -113,6 +137,7 @@ def build_config(
         "model": model,
         "dataset": dataset,
         "protocol": preset.get("protocol", {}),
+        "preprocessing": preset.get("preprocessing", {}),
         "model_options": preset.get("model_options", {}).get(model, {}),
     }
     if config_file is not None:
@@ -139,7 +164,13 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
         received = first.get("input")
         raise ConfigError(f"{field}: {first['msg']} (received {received!r})") from None
     check_model_options(config.model, config.model_options)
-    dataset_info(config.dataset)
+    info = dataset_info(config.dataset)
+    selection = config.protocol.selection_metric
+    if selection is not None and selection != "loss" and selection not in metric_keys(info.metrics):
+        raise ConfigError(
+            f"protocol.selection_metric: expected 'loss' or a metric of {config.dataset!r} "
+            f"({', '.join(metric_keys(info.metrics))}), received {selection!r}"
+        )
     return config
 
 

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, SplitDataset, collate
 from alignkit_models.data.catalog import dataset_info, load_dataset
-from alignkit_models.metrics import PRIMARY_METRIC, compute_metrics
+from alignkit_models.data.preprocess import standardize_features
+from alignkit_models.metrics import MINIMISED, PRIMARY_METRIC, compute_metrics
 from alignkit_models.models.base import MultimodalModel
 from alignkit_models.registry import create_model
 from alignkit_models.training.checkpoint import load_checkpoint, save_checkpoint
@@ -64,6 +65,23 @@ def build_model(config: TrainConfig, dataset: MultimodalDataset) -> MultimodalMo
     )
 
 
+def prepare_dataset(config: TrainConfig, path: str | Path | None = None) -> MultimodalDataset:
+    """The data set of ``config`` (from ``path``, default ``config.data``) with its preprocessing;
+    token ids for the text when the model has a BERT text encoder."""
+    text = "tokens" if config.model_options.get("text_encoder") else "features"
+    dataset = load_dataset(config.dataset, path if path is not None else config.data, text=text)
+    if config.preprocessing.standardize:
+        standardize_features(dataset, config.preprocessing.standardize, tuple(config.preprocessing.clip_percentiles))
+    return dataset
+
+
+def selection_rule(config: TrainConfig) -> tuple[str, str]:
+    """The validation metric that selects checkpoints, and ``"min"`` or ``"max"``."""
+    kind = dataset_info(config.dataset).metrics
+    metric = config.protocol.selection_metric or PRIMARY_METRIC[kind][0]
+    return metric, "min" if metric in MINIMISED else "max"
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         "features": {m: x.to(device, non_blocking=True) for m, x in batch["features"].items()},
@@ -73,21 +91,25 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions and labels of a whole split, in eval mode."""
+def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Predictions and labels of a whole split in eval mode, and the mean over batches of the
+    task loss (each batch counts once, as in the authors' DecAlign and MMSA trainers)."""
     model.eval()
     loader = DataLoader(SplitDataset(split, model.modalities), batch_size=batch_size, shuffle=False, collate_fn=collate)
-    predictions, labels = [], []
+    predictions, labels, losses = [], [], []
     for batch in loader:
         batch = to_device(batch, device)
-        predictions.append(model(batch["features"], batch["masks"]).prediction.float().cpu())
+        prediction = model(batch["features"], batch["masks"]).prediction
+        losses.append(float(model.task_loss(prediction.float(), batch["labels"])))
+        predictions.append(prediction.float().cpu())
         labels.append(batch["labels"].cpu())
-    return torch.cat(predictions), torch.cat(labels)
+    return torch.cat(predictions), torch.cat(labels), float(np.mean(losses))
 
 
 def evaluate(model: MultimodalModel, split: MultimodalSplit, metrics: str, batch_size: int, device: torch.device) -> dict[str, float]:
-    predictions, labels = predict(model, split, batch_size, device)
-    return compute_metrics(metrics, predictions, labels)
+    """The data set's metrics on ``split`` plus ``loss``, the validation task loss."""
+    predictions, labels, loss = predict(model, split, batch_size, device)
+    return {**compute_metrics(metrics, predictions, labels), "loss": loss}
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
@@ -132,12 +154,12 @@ def train_seed(
     protocol = config.protocol
     device = torch.device(config.device)
     metric_kind = dataset_info(config.dataset).metrics
-    primary, mode = PRIMARY_METRIC[metric_kind]
+    primary, mode = selection_rule(config)
 
     seed_everything(seed)
     model = build_model(config, dataset).to(device)
     # foreach: one fused update over all parameter tensors (many small ones in these models).
-    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
+    optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
     loader_generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
@@ -146,9 +168,10 @@ def train_seed(
         shuffle=True,
         generator=loader_generator,
         collate_fn=collate,
-        # The incomplete last batch is dropped (the order is reshuffled every epoch): batch
-        # statistics (BatchNorm in TFN/LMF, DecAlign's prototypes, moments and MMD) need full batches.
-        drop_last=len(dataset.train) > protocol.batch_size,
+        # By default the incomplete last batch is dropped (the order is reshuffled every epoch):
+        # batch statistics (BatchNorm in TFN/LMF, DecAlign's prototypes, moments and MMD) want
+        # full batches. The authors' DecAlign trainer keeps it (protocol.drop_last=false).
+        drop_last=protocol.drop_last and len(dataset.train) > protocol.batch_size,
     )
 
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
@@ -165,10 +188,19 @@ def train_seed(
     for epoch in range(state["epoch"] + 1, protocol.max_epochs + 1):
         if stopped:
             break
+        epoch_started = time.perf_counter()
         train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress)
+        train_seconds = time.perf_counter() - epoch_started
         valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device)
         scheduler.step(valid[primary])
-        record = {"epoch": epoch, "train": train_record, "valid": valid, "lr": optimizer.param_groups[0]["lr"]}
+        record = {
+            "epoch": epoch,
+            "train": train_record,
+            "valid": valid,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "train_seconds": round(train_seconds, 3),
+            "valid_seconds": round(time.perf_counter() - epoch_started - train_seconds, 3),
+        }
         state["history"].append(record)
         state["epoch"] = epoch
         if _is_better(valid[primary], state["best"], mode):
@@ -201,6 +233,18 @@ def train_seed(
     (seed_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
     (seed_dir / "metrics.json").write_text(json.dumps(result.__dict__, indent=1))
     return result
+
+
+def parameter_groups(model: MultimodalModel, text_encoder_lr: float | None) -> list[dict[str, Any]]:
+    """One optimizer group, or two when a BERT text encoder has its own learning rate."""
+    encoder = getattr(model, "text_encoder", None)
+    if encoder is None or text_encoder_lr is None:
+        return [{"params": list(model.parameters())}]
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    return [
+        {"params": [p for p in model.parameters() if id(p) in encoder_ids], "lr": text_encoder_lr},
+        {"params": [p for p in model.parameters() if id(p) not in encoder_ids]},
+    ]
 
 
 def _train_epoch(
@@ -270,7 +314,7 @@ def run_experiment(
     run_dir = run_dir if run_dir is not None else run_dir_for(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
-    dataset = dataset if dataset is not None else load_dataset(config.dataset, config.data)
+    dataset = dataset if dataset is not None else prepare_dataset(config)
     results = []
     for seed in config.seeds:
         seed_dir = run_dir / f"seed-{seed}"

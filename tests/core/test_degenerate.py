@@ -287,9 +287,17 @@ def test_feature_moments_refuses_a_single_sample() -> None:
         feature_moments(torch.randn(1, 3, dtype=F64))
 
 
-def test_moment_matching_loss_with_covariance_refuses_a_single_sample_modality() -> None:
-    with pytest.raises(ValueError, match=naming("features[0]")):
-        moment_matching_loss([torch.randn(1, 3, dtype=F64), torch.randn(4, 3, dtype=F64)])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_moment_matching_loss_gives_a_single_sample_zero_covariance(reduction: str) -> None:
+    single = torch.randn(1, 3, dtype=F64, requires_grad=True)
+    other = torch.randn(4, 3, dtype=F64)
+    loss = moment_matching_loss([single, other], mean_weight=0.0, skewness_weight=0.0, reduction=reduction)
+    centered = other - other.mean(0)
+    other_covariance = centered.T @ centered / 3
+    expected = other_covariance.pow(2).sum() / 2 if reduction == "sum" else other_covariance.pow(2).mean()
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(moment_matching_loss([single, other], reduction=reduction, skewness_variance_floor=1e-6), single)
+    assert torch.isfinite(grad).all()
 
 
 # --------------------------------------------------------------------------- zero marginal weights

@@ -114,7 +114,7 @@ def test_gmm_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     chosen: list[str] = []
     original = gmm._e_step
-    monkeypatch.setattr(gmm, "_e_step", lambda *args: chosen.append(args[-1]) or original(*args))
+    monkeypatch.setattr(gmm, "_e_step", lambda *args: chosen.append(args[6]) or original(*args))  # args[6]: backend
     x = torch.randn(64, 4, dtype=torch.float64)
     fit_gmm(x, 2, covariance_type="full", n_iter=1)
     monkeypatch.setattr(gmm, "DENSE_MAX_ELEMENTS", 64 * 2 * 4 - 1)

@@ -1,7 +1,8 @@
-"""Shared layers: fast dropout, the cross-modal encoder's masks."""
+"""Shared layers: fast dropout, the cross-modal encoder's masks and layouts."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignkit_models.layers import CrossModalEncoder
@@ -13,11 +14,24 @@ def test_random_bytes_are_uniform() -> None:
     assert counts.min() > 800 and counts.max() < 1200  # 1000 expected per value
 
 
-def test_fast_dropout_drops_the_quantised_share_and_keeps_the_mean() -> None:
-    dropout = FastDropout(0.1).train()
-    out = dropout(torch.ones(1_000_000))
-    assert abs(float((out == 0).float().mean()) - 26 / 256) < 2e-3
-    assert abs(float(out.mean()) - 1.0) < 5e-3
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.125, 0.3, 0.4])
+def test_fast_dropout_drops_exactly_p_and_keeps_the_mean(p: float) -> None:
+    # 4 million draws: the dropped share has a standard deviation of at most 2.5e-4, so 1e-3
+    # catches the byte-quantised probability (0.1 -> 26/256 = 0.1016) and any boundary mistake.
+    torch.manual_seed(0)
+    out = FastDropout(p).train()(torch.ones(4_000_000))
+    assert abs(float((out == 0).double().mean()) - p) < 1e-3
+    values = out.unique()
+    assert len(values) == 2 and values[0] == 0.0 and float(values[1]) == pytest.approx(1 / (1 - p))
+    assert abs(float(out.double().mean()) - 1.0) < 2e-3
+
+
+def test_fast_dropout_masks_are_independent_of_position() -> None:
+    # Neighbouring elements share a 64-bit draw; their drops must still be independent.
+    torch.manual_seed(1)
+    dropped = (FastDropout(0.3).train()(torch.ones(2_000_000)) == 0).view(-1, 8).double()
+    joint = (dropped[:, 0] * dropped[:, 1]).mean()
+    assert abs(float(joint) - 0.09) < 2e-3  # P(both dropped) = p^2
 
 
 def test_fast_dropout_is_identity_in_eval_and_reproducible_with_a_seed() -> None:
@@ -46,3 +60,36 @@ def test_future_mask_hides_later_source_steps() -> None:
     changed = x.clone()
     changed[:, -1] += 10.0
     assert torch.allclose(encoder(x)[:, :5], encoder(changed)[:, :5], atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_explicit_attention_with_dropout_equals_the_fused_kernel_without(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Attention dropout in training forms the weights explicitly; with the mask forced to keep
+    # everything, the values must be the fused kernel's (masks of padded steps included).
+    import alignkit_models.layers.transformer as transformer
+
+    monkeypatch.setattr(transformer, "keep_mask", lambda shape, p, device, dtype: torch.ones(shape, device=device, dtype=dtype))
+    torch.manual_seed(0)
+    encoder = CrossModalEncoder(16, 4, 2, attn_dropout=0.3, relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, norm=norm)
+    target, source = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 4, 1])[:, None]
+    explicit = encoder.train()(target, source, source_mask=mask)
+    with torch.no_grad():
+        fused = encoder.eval()(target, source, source_mask=mask)
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_dropout_drops_attention_weights() -> None:
+    torch.manual_seed(0)
+    encoder = CrossModalEncoder(16, 4, 1, attn_dropout=0.5, relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, norm="post").train()
+    target, source = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    assert not torch.allclose(encoder(target, source), encoder(target, source))
+
+
+def test_post_norm_layers_have_no_final_norm_and_no_positions() -> None:
+    encoder = CrossModalEncoder(8, 2, 1, norm="post", positions=False).eval()
+    assert encoder.norm is None
+    x = torch.randn(1, 4, 8)
+    # Without positions, attention over a permuted source gives the same output.
+    source = torch.randn(1, 6, 8)
+    torch.testing.assert_close(encoder(x, source), encoder(x, source[:, torch.randperm(6)]), rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from alignkit_models.data.base import SplitDataset, collate
 from alignkit_models.data.mmsa import DATASET_DIMS, load_mmsa
@@ -241,3 +242,126 @@ def test_feature_width_must_match_across_splits(tmp_path: Path) -> None:
 def test_unknown_modality_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modalities"):
         load_mmsa(write(tmp_path, make_file()), modalities=("text", "speech"))
+
+
+# --- text="tokens": BERT token ids from text_bert ---------------------------------------------
+
+
+def token_rows(lengths: list[int], steps: int = 6, seed: int = 0, pairs: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids, attention mask and segment ids ``(N, L)``; ``pairs`` marks a second sentence."""
+    rng = np.random.default_rng(seed)
+    mask = (np.arange(steps)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    ids = rng.integers(1, 100, (len(lengths), steps)) * mask
+    segments = np.zeros_like(mask)
+    if pairs:  # segment 1 on the real tokens of a second sentence, as BERT sentence pairs have
+        segments = ((np.arange(steps)[None, :] >= np.array(lengths)[:, None] // 2) & (mask == 1)).astype(np.int64)
+    return ids, mask, segments
+
+
+def good_tokens(seed: int = 0) -> np.ndarray:
+    """MMSA-FET ``text_bert`` ``(4, 3, 6)`` with text lengths 6, 2, 4, 1."""
+    return np.stack(token_rows([6, 2, 4, 1], seed=seed), axis=1)
+
+
+def token_file(**train: Any) -> dict[str, Any]:
+    """A file whose splits all hold ``text_bert``; ``train`` adds or replaces train keys."""
+    splits = {s: make_split(seed=i, text_bert=good_tokens(i)) for i, s in enumerate(("train", "valid", "test"))}
+    splits["train"] = make_split(seed=0, **{"text_bert": good_tokens(0), **train})
+    return make_file(**splits)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_both_text_bert_row_orders_give_the_same_tokens(tmp_path: Path, pairs: bool) -> None:
+    ids, mask, segments = token_rows([6, 2, 4, 1], pairs=pairs)
+    fet = np.stack([ids, mask, segments], axis=1)  # MMSA-FET: ids, attention mask, segment ids
+    old = np.stack([ids, segments, mask], axis=1)  # older files: ids, segment ids, attention mask
+    loaded = [
+        load_quietly(write(tmp_path, token_file(text=None, text_bert=tokens), f"{i}.pkl"), text="tokens")
+        for i, tokens in enumerate((fet, old))
+    ]
+
+    expected = np.stack([ids, mask, segments], axis=-1)
+    for dataset in loaded:
+        tokens = dataset.train.features["text"]
+        assert tokens.dtype == np.int64 and tokens.shape == (4, 6, 3)
+        np.testing.assert_array_equal(tokens, expected)
+        np.testing.assert_array_equal(dataset.train.lengths["text"], [6, 2, 4, 1])
+    assert loaded[0].input_dims == {"text": 3, "audio": 5, "vision": 20}
+    assert loaded[0].token_modalities == ("text",)
+
+
+def test_token_lengths_come_from_the_attention_mask_not_from_text_lengths(tmp_path: Path) -> None:
+    ids, mask, segments = token_rows([3, 5, 1, 6])
+    path = write(tmp_path, token_file(text_bert=np.stack([ids, mask, segments], axis=1), text_lengths=np.array([6, 6, 6, 6])))
+    dataset = load_quietly(path, text="tokens")
+    np.testing.assert_array_equal(dataset.train.lengths["text"], [3, 5, 1, 6])
+    assert dataset.train.lengths["text"].dtype == np.int64
+
+
+def test_tokens_ignore_the_float_text_and_keep_the_other_modalities(tmp_path: Path) -> None:
+    data = token_file(text_bert=good_tokens().astype(np.int32))
+    audio = data["train"]["audio"].copy()
+    dataset = load_quietly(write(tmp_path, data), text="tokens")
+    assert dataset.train.features["text"].dtype == np.int64  # int32 ids are widened
+    np.testing.assert_array_equal(dataset.train.features["text"], good_tokens().transpose(0, 2, 1))
+    np.testing.assert_array_equal(dataset.train.features["audio"], audio)
+    assert dataset.train.features["audio"].dtype == np.float32
+    assert dataset.token_modalities == ("text",)
+
+
+def test_a_text_bert_only_file_loads_with_tokens(tmp_path: Path) -> None:
+    data = token_file(text=None)
+    for split in ("valid", "test"):
+        del data[split]["text"]
+    dataset = load_quietly(write(tmp_path, data), text="tokens")
+    assert dataset.sequence_lengths["text"] == 6
+
+
+def test_collate_keeps_token_ids_int64_and_masks_from_the_attention_mask(tmp_path: Path) -> None:
+    dataset = load_quietly(write(tmp_path, token_file()), text="tokens")
+    batch = collate([item for item in SplitDataset(dataset.train, dataset.modalities)])
+
+    ids, mask, segments = token_rows([6, 2, 4, 1])
+    tokens = batch["features"]["text"]
+    assert tokens.dtype == torch.int64 and tuple(tokens.shape) == (4, 6, 3)
+    np.testing.assert_array_equal(tokens.numpy(), np.stack([ids, mask, segments], axis=-1))
+    np.testing.assert_array_equal(batch["masks"]["text"].numpy(), mask.astype(bool))
+    assert batch["features"]["audio"].dtype == torch.float32
+
+
+def test_old_layout_next_to_float_text_gives_lengths_from_the_real_mask(tmp_path: Path) -> None:
+    # text="features": rows (ids, segment ids, mask) must not turn the all-zero segment ids
+    # into text lengths of 0.
+    ids, mask, segments = token_rows([6, 2, 4, 1])
+    dataset = load_quietly(write(tmp_path, make_file(train=make_split(text_bert=np.stack([ids, segments, mask], axis=1)))))
+    np.testing.assert_array_equal(dataset.train.lengths["text"], [6, 2, 4, 1])
+    assert dataset.train.features["text"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"text_bert": None}, "train['text_bert']: missing key (needed for text='tokens')"),
+        ({"text_bert": good_tokens().transpose(0, 2, 1)}, "train['text_bert']: expected shape (N, 3, L) (token ids, attention mask, segment ids), received (4, 6, 3)"),
+        ({"text_bert": good_tokens()[:, :, 0]}, "train['text_bert']: expected shape (N, 3, L)"),
+        ({"text_bert": good_tokens().astype(np.float32)}, "train['text_bert']: expected integer token ids for text='tokens', received dtype float32"),
+        ({"text_bert": good_tokens()[:3]}, "train['text_bert']: 3 samples, but train['regression_labels'] has 4"),
+        ({"text_bert": good_tokens() * np.array([1, 2, 1])[None, :, None]}, "train['text_bert']: expected an attention mask of 0s and 1s in row 1"),
+        ({"text_bert": good_tokens() * np.array([-1, 1, 1])[None, :, None]}, "train['text_bert']: expected token ids >= 0"),
+    ],
+    ids=["missing", "transposed", "rank-2", "float", "count", "mask-values", "negative-ids"],
+)
+def test_bad_text_bert_with_tokens_is_one_error_naming_split_and_key(tmp_path: Path, train: dict[str, Any], message: str) -> None:
+    path = write(tmp_path, token_file(**train))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_mmsa(path, text="tokens")
+
+
+def test_unknown_text_input_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape("text: expected one of ('features', 'tokens'), received 'ids'")):
+        load_mmsa(write(tmp_path, make_file()), text="ids")  # type: ignore[arg-type]
+
+
+def test_tokens_need_no_text_bert_when_text_is_not_requested(tmp_path: Path) -> None:
+    dataset = load_quietly(write(tmp_path, make_file()), modalities=("audio", "vision"), text="tokens")
+    assert set(dataset.train.features) == {"audio", "vision"}

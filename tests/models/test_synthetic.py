@@ -146,6 +146,52 @@ def test_negative_noise_is_rejected() -> None:
         make_synthetic_mmsa("mosi", sizes=TINY, noise=-0.1)
 
 
+# --- BERT token ids (text_bert=True) ---------------------------------------------------------
+
+
+def test_text_bert_has_the_mmsa_fet_layout() -> None:
+    data = make_synthetic_mmsa("sims", sizes=TINY, seed=1, text_bert=True, vocab_size=7)
+    for split, n in zip(("train", "valid", "test"), TINY):
+        tokens = data[split]["text_bert"]
+        assert tokens.dtype == np.int64 and tokens.shape == (n, 3, 39)
+        ids, mask, segments = tokens[:, 0], tokens[:, 1], tokens[:, 2]
+        lengths = mask.sum(axis=1)
+        assert (lengths >= 1).all() and (lengths <= 39).all()
+        np.testing.assert_array_equal(mask, np.arange(39)[None, :] < lengths[:, None])  # 1s, then 0s
+        assert ((ids >= 1) & (ids < 7))[mask == 1].all() and (ids[mask == 0] == 0).all()
+        assert not segments.any()
+    all_lengths = np.concatenate([data[s]["text_bert"][:, 1].sum(axis=1) for s in ("train", "valid", "test")])
+    assert len(set(all_lengths.tolist())) > 1  # lengths vary per sample
+
+
+def test_text_bert_is_deterministic_and_leaves_the_other_arrays_unchanged() -> None:
+    plain = make_synthetic_mmsa("mosi", sizes=TINY, seed=3)
+    first = make_synthetic_mmsa("mosi", sizes=TINY, seed=3, text_bert=True)
+    second = make_synthetic_mmsa("mosi", sizes=TINY, seed=3, text_bert=True)
+    other = make_synthetic_mmsa("mosi", sizes=TINY, seed=4, text_bert=True)
+    assert "text_bert" not in plain["train"]
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(first[split]["text_bert"], second[split]["text_bert"])
+        for key in (*MODALITIES, "regression_labels"):
+            np.testing.assert_array_equal(first[split][key], plain[split][key])
+    assert not np.array_equal(first["train"]["text_bert"], other["train"]["text_bert"])
+
+
+def test_text_bert_round_trips_through_load_mmsa_as_tokens(tmp_path: Path) -> None:
+    path = write_synthetic_mmsa(tmp_path / "sims.pkl", "sims", sizes=TINY, seed=2, text_bert=True)
+    data = make_synthetic_mmsa("sims", sizes=TINY, seed=2, text_bert=True)
+    dataset = load_mmsa(path, text="tokens")
+    np.testing.assert_array_equal(dataset.test.features["text"], data["test"]["text_bert"].transpose(0, 2, 1))
+    np.testing.assert_array_equal(dataset.test.lengths["text"], data["test"]["text_bert"][:, 1].sum(axis=1))
+    np.testing.assert_array_equal(dataset.test.lengths["audio"], data["test"]["audio_lengths"])
+
+
+@pytest.mark.parametrize("vocab_size", [1, 0, 2.5])
+def test_vocab_size_must_be_an_integer_of_at_least_two(vocab_size: Any) -> None:
+    with pytest.raises(ValueError, match="vocab_size"):
+        make_synthetic_mmsa("mosi", sizes=TINY, text_bert=True, vocab_size=vocab_size)
+
+
 # --- determinism ------------------------------------------------------------------------------
 
 

@@ -48,10 +48,16 @@ def test_forward_shapes(name: str, shape: str, aligned: bool) -> None:
     assert bool(torch.isfinite(output.prediction).all())
 
 
+# The authors' DecAlign pools and attends over every step, padding included; its masked form is
+# an option (use_masks=True, the alignkit variant's default), and that is what is checked here.
+MASKED = {"decalign": {"use_masks": True}}
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_padded_steps_do_not_change_the_prediction(name: str) -> None:
     _, _, _, features, masks, _ = _batch("sims", aligned=False)
-    model = _model(name, "sims").eval()
+    dims, _, task, n_classes = SHAPES["sims"]
+    model = create_model(name, input_dims=dims, task=task, n_classes=n_classes, **MASKED.get(name, {})).eval()
     reference = model(features, masks).prediction
     noisy = {m: torch.where(masks[m][..., None], x, torch.randn_like(x) * 100) for m, x in features.items()}
     assert torch.allclose(model(noisy, masks).prediction, reference, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,311 @@
+"""Check alignkit's DecAlign against the authors' code, and write the test fixture from it.
+
+The authors' code (https://github.com/taco-group/DecAlign, commit 6fa8df9) is not part of alignkit;
+give the path of a checkout of it (it needs ``transformers`` importable)::
+
+    python benchmarks/official_decalign.py check   --official /path/to/DecAlign
+    python benchmarks/official_decalign.py fixture --official /path/to/DecAlign   # rewrites tests/data/decalign_official.pt
+    python benchmarks/official_decalign.py train-official --official /path/to/DecAlign --data mosi.pkl --epochs 10
+    python benchmarks/official_decalign.py train-ours --data mosi.pkl --epochs 10
+
+``check`` builds their model with the MOSI configuration (widths 768 / 5 / 20, d 64, 5 layers,
+8 heads, K 7), a random batch of 32, converts its weights with
+:func:`alignkit_models.models.decalign.from_official_state_dict` and prints the largest
+differences of the logits, of ``dec_loss``, ``hete_loss``, ``homo_loss`` (evaluation mode) and of
+the gradients of ``dec + hete + homo`` (training mode, dropout 0), in float32 and float64; then the
+same with a tiny random BERT text encoder on token ids. ``fixture`` stores a small configuration's
+weights, inputs and the authors' outputs for ``tests/models/test_decalign_official.py``, which then
+needs no copy of their code. ``train-official`` runs their MOSI training (their data loader,
+trainer, configuration; ``use_bert=False`` so the float text features are used; on the CPU) and
+``train-ours`` alignkit's default DecAlign with the MOSI preset on the same file; each prints one
+JSON line: training and validation seconds per epoch, peak resident memory, test metrics. Run
+them one after the other on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alignkit_models.models.decalign import from_official_state_dict  # noqa: E402
+from alignkit_models.models.decalign.official import convert_state_dict  # noqa: E402
+
+MODALITIES = ("text", "audio", "vision")
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "decalign_official.pt"
+DROPOUTS = ("attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout", "embed_dropout", "res_dropout", "output_dropout", "text_dropout")
+# The small configuration of the fixture: a kernel-3 projection, a modality already of width d
+# (the authors skip its projection), two layers, batches below and above K.
+SMALL = {
+    "feature_dims": [24, 5, 16],
+    "dst_feature_dim_nheads": [16, 4],
+    "nlevels": 2,
+    "conv1d_kernel_size_l": 3,
+    "conv1d_kernel_size_a": 1,
+    "conv1d_kernel_size_v": 1,
+    "pde_dim": 12,
+}
+
+
+def official_model(official: Path, overrides: dict[str, Any]) -> torch.nn.Module:
+    """Their ``DecAlign(args)`` with their MOSI configuration plus ``overrides``."""
+    if str(official) not in sys.path:
+        sys.path.insert(0, str(official))
+    from config import get_config_regression  # their config.py
+    from models.model import DecAlign  # their model
+
+    args = get_config_regression("decalign", "mosi", official / "config" / "dec_mosi_config.json")
+    args.use_bert = False
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return DecAlign(args)
+
+
+def official_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Their forward in evaluation mode."""
+    model = model.to(dtype).eval()
+    with torch.no_grad():
+        out = model(*(batch[m].to(dtype) if batch[m].is_floating_point() else batch[m] for m in MODALITIES))
+    return {key: out[key].detach().clone() for key in ("output_logit", "dec_loss", "hete_loss", "homo_loss", "final_rep")}
+
+
+def official_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gradients of ``dec_loss + hete_loss + homo_loss`` in training mode (dropout set to 0), float64."""
+    model = model.double().train()
+    model.zero_grad()
+    out = model(*(batch[m].double() if batch[m].is_floating_point() else batch[m] for m in MODALITIES))
+    (out["dec_loss"] + out["hete_loss"] + out["homo_loss"]).backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def ours(state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], dtype: torch.dtype, **options: Any):
+    """Our converted model's prediction, components and gradients (dropout 0 for gradients)."""
+    model = from_official_state_dict(state, **options).to(dtype)
+    features = {m: batch[m].to(dtype) if batch[m].is_floating_point() else batch[m].transpose(1, 2) for m in MODALITIES}
+    labels = torch.zeros(features["audio"].shape[0], dtype=dtype)
+    with torch.no_grad():
+        evaluated = model.eval()(features, None, labels)
+    zero = dict.fromkeys(("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "output_dropout", "input_dropout"), 0.0)
+    trained = from_official_state_dict(state, **{**options, **zero, "alpha": 1.0, "beta": 1.0, "contrastive_weight": 0.0}).to(dtype).train()
+    trained(features, None, None).aux_losses["alignment"].backward()
+    return evaluated, trained
+
+
+def compare(reference: dict[str, torch.Tensor], evaluated: Any) -> dict[str, float]:
+    """Largest absolute logit difference and relative loss differences."""
+    result = {"logits_abs": float((evaluated.prediction.reshape(-1) - reference["output_logit"].reshape(-1)).abs().max())}
+    for ours_key, theirs in (("dec", "dec_loss"), ("hete", "hete_loss"), ("homo", "homo_loss")):
+        result[f"{ours_key}_rel"] = float((evaluated.components[ours_key] - reference[theirs]).abs() / reference[theirs].abs())
+    return result
+
+
+def gradient_error(model_grads: dict[str, torch.Tensor], trained: torch.nn.Module) -> float:
+    """Largest relative difference between their gradients (renamed to ours) and ours."""
+    mapped = convert_state_dict(model_grads, trained)
+    params = dict(trained.named_parameters())
+    worst = 0.0
+    for name, grad in mapped.items():
+        mine = params[name].grad
+        worst = max(worst, float((mine.reshape(grad.shape) - grad).abs().max() / grad.abs().max().clamp_min(1e-30)))
+    return worst
+
+
+def random_batch(batch_size: int, steps: int, dims: list[int], seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(batch_size, steps, d, generator=generator) for m, d in zip(MODALITIES, dims)}
+
+
+def tiny_bert(folder: Path) -> None:
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, max_position_embeddings=32)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(folder)
+
+
+def check(official: Path) -> None:
+    zero_dropout = dict.fromkeys(DROPOUTS, 0.0)
+    torch.manual_seed(0)
+    model = official_model(official, {})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = random_batch(32, 50, [768, 5, 20], seed=1)
+    report: dict[str, Any] = {}
+    for dtype in (torch.float32, torch.float64):
+        theirs = official_model(official, {})
+        theirs.load_state_dict(state)
+        reference = official_outputs(theirs, batch, dtype)
+        evaluated, _ = ours(state, batch, dtype)
+        report[str(dtype)] = compare(reference, evaluated)
+    theirs = official_model(official, zero_dropout)
+    theirs.load_state_dict(state)
+    _, trained = ours(state, batch, torch.float64)
+    report["gradients_rel_float64"] = gradient_error(official_gradients(theirs, batch), trained)
+
+    with tempfile.TemporaryDirectory() as folder:
+        tiny_bert(Path(folder))
+        bert_overrides = {"use_bert": True, "pretrained": folder, "feature_dims": [24, 5, 20]}
+        torch.manual_seed(0)
+        theirs = official_model(official, bert_overrides)
+        state = {k: v.clone() for k, v in theirs.state_dict().items()}
+        generator = torch.Generator().manual_seed(2)
+        lengths = torch.randint(3, 12, (8,), generator=generator)
+        ids = torch.randint(1, 50, (8, 12), generator=generator)
+        mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+        tokens = torch.stack([ids * mask, mask, torch.zeros_like(ids)], dim=1)  # their (B, 3, L) layout
+        other = random_batch(8, 12, [1, 5, 20], seed=3)
+        bert_batch = {"text": tokens, "audio": other["audio"], "vision": other["vision"]}
+        reference = official_outputs(theirs, bert_batch, torch.float32)
+        evaluated, _ = ours(state, bert_batch, torch.float32, text_encoder=folder)
+        report["bert_float32"] = compare(reference, evaluated)
+    print(json.dumps(report, indent=1))
+
+
+def fixture(official: Path, out: Path) -> None:
+    torch.manual_seed(0)
+    model = official_model(official, SMALL)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [random_batch(n, 10, SMALL["feature_dims"], seed=n) for n in (5, 12)]
+    payload: dict[str, Any] = {"official_config": SMALL, "official_commit": "6fa8df9", "state_dict": state, "batches": batches}
+    for dtype, key in ((torch.float64, "eval_float64"), (torch.float32, "eval_float32")):
+        payload[key] = []
+        for batch in batches:
+            theirs = official_model(official, SMALL)
+            theirs.load_state_dict(state)
+            payload[key].append(official_outputs(theirs, batch, dtype))
+    payload["grads_float64"] = []
+    for batch in batches:
+        theirs = official_model(official, {**SMALL, **dict.fromkeys(DROPOUTS, 0.0)})
+        theirs.load_state_dict(state)
+        payload["grads_float64"].append(official_gradients(theirs, batch))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, out)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+
+
+def train_official(official: Path, data: Path, epochs: int, seed: int, workers: int) -> dict[str, Any]:
+    """Their MOSI training run (their ``main._run``: data loader, trainer, best checkpoint, test) on
+    the CPU, timed. Their code calls ``model.cuda()``; that call is made a no-op here."""
+    import importlib.util
+    import os
+    import types
+
+    torch.nn.Module.cuda = lambda self, device=None: self  # type: ignore[method-assign]
+    sys.path.insert(0, str(official))
+    cwd = os.getcwd()
+    os.chdir(official)
+    try:
+        import data_loader  # noqa: F401  (their modules, imported before main.py: see below)
+        import models  # noqa: F401
+        from config import get_config_regression
+        from trains.ATIO import DecAlignTrainer
+        from utils import setup_seed
+
+        # main.py imports pandas only to write a CSV this run never writes; without pandas, a
+        # stand-in module is present while main.py is imported (and only then: torch's own
+        # imports, done above, reject a module without a spec).
+        stand_in = importlib.util.find_spec("pandas") is None
+        if stand_in:
+            sys.modules["pandas"] = types.ModuleType("pandas")
+        try:
+            import main as their_main
+        finally:
+            if stand_in:
+                del sys.modules["pandas"]
+    finally:
+        os.chdir(cwd)
+    epochs_seconds: list[float] = []
+    original_loader = their_main.MMDataLoader
+
+    class TimedEpochs:
+        def __init__(self, loader: Any) -> None:
+            self.loader = loader
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def __iter__(self):
+            started = time.perf_counter()
+            yield from self.loader
+            epochs_seconds.append(time.perf_counter() - started)
+
+    def loaders(args: Any, num_workers: int = 4) -> dict[str, Any]:
+        result = original_loader(args, num_workers)
+        result["train"] = TimedEpochs(result["train"])
+        return result
+
+    their_main.MMDataLoader = loaders
+    valid_seconds: list[float] = []
+    original_test = DecAlignTrainer.do_test
+
+    def timed_test(self: Any, model: Any, loader: Any, mode: str = "VAL") -> dict[str, Any]:
+        started = time.perf_counter()
+        result = original_test(self, model, loader, mode)
+        if mode == "VAL":
+            valid_seconds.append(time.perf_counter() - started)
+        return result
+
+    DecAlignTrainer.do_test = timed_test
+    args = get_config_regression("decalign", "mosi", official / "config" / "dec_mosi_config.json")
+    with tempfile.TemporaryDirectory() as folder:
+        for key, value in {"featurePath": str(data), "use_bert": False, "num_epochs": epochs, "is_distill": False, "mode": "train",
+                           "model_save_path": f"{folder}/decalign-mosi.pth", "feature_T": "", "feature_A": "", "feature_V": "", "cur_seed": 1}.items():
+            setattr(args, key, value)
+        setup_seed(seed)
+        test = their_main._run(args, workers, False)
+    return {"epoch_train_seconds": epochs_seconds, "epoch_valid_seconds": valid_seconds, "test": {k: float(v) for k, v in test.items()}}
+
+
+def train_ours(data: Path, epochs: int, seed: int) -> dict[str, Any]:
+    """alignkit's default DecAlign on the same file with the MOSI preset (the authors' configuration)."""
+    from alignkit_models.training.config import build_config
+    from alignkit_models.training.trainer import run_experiment
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = build_config("decalign", "mosi", data=str(data), seeds=[seed], max_epochs=epochs, output_dir=folder, progress=False)
+        summary = run_experiment(config)
+        history = json.loads((Path(summary["run_dir"]) / f"seed-{seed}" / "history.json").read_text())
+    return {
+        "epoch_train_seconds": [r["train_seconds"] for r in history],
+        "epoch_valid_seconds": [r["valid_seconds"] for r in history],
+        "test": {k: v["mean"] for k, v in summary["test"].items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["check", "fixture", "train-official", "train-ours"])
+    parser.add_argument("--official", type=Path, help="checkout of taco-group/DecAlign (commit 6fa8df9)")
+    parser.add_argument("--out", type=Path, default=FIXTURE, help="fixture file (fixture command)")
+    parser.add_argument("--data", type=Path, help="MOSI-format MMSA pickle (train-* commands)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1111)
+    parser.add_argument("--workers", type=int, default=4, help="their data loader's worker processes (their default 4)")
+    args = parser.parse_args()
+    if args.command != "train-ours" and (args.official is None or not (args.official / "models" / "model.py").is_file()):
+        parser.error(f"--official: no models/model.py under {args.official}")
+    if args.command.startswith("train") and (args.data is None or not args.data.is_file()):
+        parser.error("--data: an MMSA pickle is needed")
+    if args.command == "check":
+        check(args.official)
+    elif args.command == "fixture":
+        fixture(args.official, args.out)
+    else:
+        import resource
+
+        torch.manual_seed(args.seed)
+        run = train_official(args.official, args.data.resolve(), args.epochs, args.seed, args.workers) if args.command == "train-official" else train_ours(args.data.resolve(), args.epochs, args.seed)
+        usage = {who: resource.getrusage(getattr(resource, who)).ru_maxrss / 1024 for who in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
+        print(json.dumps({"command": args.command, "epochs": args.epochs, "seed": args.seed, "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "peak_rss_mib": usage["RUSAGE_SELF"], "children_peak_rss_mib": usage["RUSAGE_CHILDREN"], **run}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The training protocol options of the authors' DecAlign configurations: selection metric,
+validation loss, last batch, BERT learning rate, feature standardisation, token-id text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alignkit_models.data.mmsa import mmsa_dataset
+from alignkit_models.data.synthetic import make_synthetic_mmsa
+from alignkit_models.training import trainer
+from alignkit_models.training.config import ConfigError, build_config
+from alignkit_models.training.trainer import evaluate, parameter_groups, prepare_dataset, selection_rule, train_seed
+
+SMALL = ["model_options.dim=8", "model_options.n_heads=2", "model_options.n_layers=1", "model_options.n_components=3"]
+
+
+def _mosi(sizes: tuple[int, int, int] = (40, 12, 12), **options) -> object:
+    return mmsa_dataset(make_synthetic_mmsa("mosi", sizes=sizes, seed=0, **options), name="synthetic-mosi", **({"text": "tokens"} if options.get("text_bert") else {}))
+
+
+def _config(tmp_path: Path, *overrides: str, **explicit):
+    return build_config(
+        "decalign", "synthetic-mosi", overrides=[*SMALL, "protocol.batch_size=16", *overrides],
+        seeds=[3], output_dir=str(tmp_path), progress=False, **explicit,
+    )
+
+
+def test_presets_carry_the_official_selection_rules() -> None:
+    expected = {"mosi": ("loss", "min"), "mosei": ("acc2_nonzero", "max"), "sims": ("f1", "max"), "iemocap": ("waf1", "max"), "uci-mfeat": ("accuracy", "max")}
+    for dataset, rule in expected.items():
+        assert selection_rule(build_config("decalign", dataset)) == rule
+
+
+def test_an_unknown_selection_metric_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="protocol.selection_metric: expected 'loss' or a metric of 'mosi'"):
+        build_config("decalign", "mosi", overrides=["protocol.selection_metric=acc9"])
+
+
+def test_validation_loss_is_the_mean_over_batches_of_the_task_loss(tmp_path: Path) -> None:
+    data = _mosi()
+    model = trainer.build_model(_config(tmp_path), data).eval()
+    metrics = evaluate(model, data.valid, "mosi", 5, torch.device("cpu"))  # batches of 5, 5, 2
+    with torch.no_grad():
+        losses = []
+        for start in range(0, 12, 5):
+            features = {m: torch.from_numpy(data.valid.features[m][start : start + 5]) for m in model.modalities}
+            labels = torch.from_numpy(data.valid.labels[start : start + 5])
+            losses.append(float(torch.nn.functional.mse_loss(model(features).prediction, labels)))
+    assert metrics["loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+
+
+def test_the_best_checkpoint_minimises_the_validation_loss(tmp_path: Path) -> None:
+    result = train_seed(_config(tmp_path, "protocol.max_epochs=4", "protocol.early_stopping_patience=10"), _mosi(), 3, tmp_path / "s")
+    history = torch.load(tmp_path / "s" / "last.pt", weights_only=False)["trainer_state"]["history"]
+    losses = [record["valid"]["loss"] for record in history]
+    assert result.best_epoch == 1 + int(np.argmin(losses))
+    assert all(record["train_seconds"] > 0 for record in history)
+
+
+@pytest.mark.parametrize(("drop_last", "batch_sizes"), [(True, [16, 16]), (False, [16, 16, 8])])
+def test_the_last_incomplete_batch_follows_drop_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop_last: bool, batch_sizes: list[int]) -> None:
+    seen: list[int] = []
+    original = trainer.build_model
+
+    def counting(config, dataset):
+        model = original(config, dataset)
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0]["text"].shape[0]) if module.training else None)
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", counting)
+    train_seed(_config(tmp_path, "protocol.max_epochs=1", f"protocol.drop_last={str(drop_last).lower()}"), _mosi(), 3, tmp_path / "s")
+    assert seen == batch_sizes
+
+
+def test_a_text_encoder_gets_its_own_learning_rate() -> None:
+    class WithEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text_encoder = torch.nn.Linear(2, 2)
+            self.head = torch.nn.Linear(2, 1)
+
+    model = WithEncoder()
+    groups = parameter_groups(model, 1e-5)  # type: ignore[arg-type]
+    assert groups[0]["lr"] == 1e-5 and [id(p) for p in groups[0]["params"]] == [id(p) for p in model.text_encoder.parameters()]
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in model.head.parameters()] and "lr" not in groups[1]
+    assert len(parameter_groups(model, None)) == 1  # type: ignore[arg-type]
+
+
+def test_preset_standardisation_is_applied_to_the_data() -> None:
+    config = build_config("decalign", "synthetic-sims")
+    assert config.preprocessing.standardize == ["audio", "vision"]
+    dataset = prepare_dataset(config)
+    audio = dataset.train.features["audio"].astype(np.float64)  # float32 sums over 550k values drift by 1e-3
+    np.testing.assert_allclose(audio.mean(axis=(0, 1)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(audio.std(axis=(0, 1)), 1.0, atol=1e-5)
+
+
+def test_a_text_encoder_makes_the_text_token_ids(tmp_path: Path) -> None:
+    config = build_config("decalign", "synthetic-mosi", overrides=[f"model_options.text_encoder={tmp_path}"])
+    text = prepare_dataset(config).train.features["text"]
+    assert text.dtype == np.int64 and text.shape[-1] == 3
+
+
+def test_decalign_trains_with_a_fine_tuned_bert(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers", reason="BERT tests need transformers (the [text] extra)")
+    bert = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(bert).save_pretrained(tmp_path / "bert")
+    config = _config(tmp_path, f"model_options.text_encoder={tmp_path / 'bert'}", "protocol.text_encoder_lr=1e-5", "protocol.max_epochs=1")
+    data = _mosi(text_bert=True)
+    before = {k: v.clone() for k, v in trainer.build_model(config, data).text_encoder.state_dict().items()}
+    result = train_seed(config, data, 3, tmp_path / "s")
+    after = torch.load(tmp_path / "s" / "last.pt", weights_only=False)
+    optimizer_lrs = sorted(group["lr"] for group in after["optimizer_state"]["param_groups"])
+    assert optimizer_lrs == [1e-5, config.protocol.lr]
+    changed = [k for k, v in before.items() if not torch.equal(v, after["model_state"][f"text_encoder.{k}"])]
+    assert changed and np.isfinite(result.test["mae"])  # BERT was fine-tuned
