@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 import alignkit
 from alignkit.decoupling import masked_mean
-from alignkit_models.layers import CrossModalEncoder, supervised_contrastive_loss
+from alignkit_models.layers import CrossModalEncoder, TemporalProjection, supervised_contrastive_loss
 from alignkit_models.layers.dropout import make_dropout
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
 from alignkit_models.models.decalign.variants import Variant, variant_options
@@ -57,20 +57,6 @@ def per_modality(value: Any, modalities: tuple[str, ...], name: str, default: An
             raise ValueError(f"{name}: unknown modality {unknown[0]!r} (modalities: {list(modalities)})")
         return {m: value.get(m, default) for m in modalities}
     return dict.fromkeys(modalities, value)
-
-
-class TemporalConv(nn.Module):
-    """``(B, T, d_in) -> (B, T', d)``: Conv1d over time without bias; ``"valid"`` gives
-    ``T' = T - k + 1``, ``"same"`` (odd ``k``) keeps ``T``."""
-
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, padding: str) -> None:
-        super().__init__()
-        if kernel_size < 1 or (padding == "same" and kernel_size % 2 == 0):
-            raise ValueError(f"kernel_size: expected an integer >= 1 (odd for 'same' padding), received {kernel_size}")
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, padding=kernel_size // 2 if padding == "same" else 0, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
 def make_feature_encoder(dim: int, kind: str) -> nn.Module:
@@ -229,7 +215,7 @@ class DecAlign(MultimodalModel):
         kernels = per_modality(o["kernel_size"], modalities, "kernel_size", default=1, strict="kernel_size" in given)
         self.projections = nn.ModuleDict(
             {
-                m: TemporalConv(widths[m], dim, int(kernels[m]), o["projection_padding"])
+                m: TemporalProjection(widths[m], dim, int(kernels[m]), o["projection_padding"])
                 for m in modalities
                 if o["project_equal_width"] or widths[m] != dim
             }
