@@ -128,6 +128,41 @@ def check_positive(value: float, name: str) -> float:
     return float(value)
 
 
+def check_non_negative(value: float, name: str) -> float:
+    """Check that a scalar option is a finite number ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, received {value!r}")
+    return float(value)
+
+
+def check_count(value: int, name: str, minimum: int = 1) -> int:
+    """Check that an option is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, received {value!r}")
+    return value
+
+
+def check_covariances(covariances: Tensor, name: str, *, diagonal: bool) -> Tensor:
+    """Variances (``diagonal``) must be ``>= 0``; covariance matrices ``(..., d, d)`` symmetric
+    positive semi-definite, both up to the round-off of their dtype. A value check: skipped
+    under ``input_checks(False)``; the matrix check costs one ``eigvalsh``."""
+    if not _CHECK_VALUES or covariances.device.type == "meta":
+        return covariances
+    c = covariances.detach().to(torch.float64)
+    if diagonal:
+        if bool((c < 0).any()):
+            raise ValueError(f"{name}: expected variances >= 0, received a negative entry ({float(c.min()):.3g})")
+        return covariances
+    tolerance = 100 * torch.finfo(covariances.dtype).eps * max(float(c.abs().max()), 1.0)
+    asymmetry = float((c - c.mT).abs().max())
+    if asymmetry > tolerance:
+        raise ValueError(f"{name}: expected symmetric covariance matrices, received an asymmetric one (max |S - S^T| = {asymmetry:.3g})")
+    smallest = float(torch.linalg.eigvalsh(c).min())
+    if smallest < -tolerance:
+        raise ValueError(f"{name}: expected positive semi-definite covariance matrices, received an eigenvalue of {smallest:.3g}")
+    return covariances
+
+
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """Check that an option is one of ``choices``."""
     if value not in choices:

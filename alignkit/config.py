@@ -8,7 +8,7 @@ and ``build()`` returns the module. Composite configs nest the configs of their 
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
@@ -101,7 +101,7 @@ class MomentMatchingLossConfig(_Config):
 
 
 class MMDLossConfig(_Config):
-    sigma: Union[PositiveFloat, list[PositiveFloat], Literal["median"]] = 1.0
+    sigma: Union[PositiveFloat, Annotated[list[PositiveFloat], Field(min_length=1)], Literal["median"]] = 1.0
     estimator: Literal["biased", "unbiased"] = "biased"
     backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
 

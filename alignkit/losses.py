@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from alignkit._checks import check_choice, check_positive, check_sequence
+from alignkit._checks import check_choice, check_count, check_non_negative, check_positive, check_sequence
 from alignkit.decoupling import Granularity, Mode, Reduction, decoupling_loss, masked_mean
 from alignkit.kernels.dispatch import BACKENDS, Backend
 from alignkit.kernels.mmd import Bandwidth, Estimator, multimodal_mmd
@@ -90,17 +90,17 @@ class GMMPrototypes(nn.Module):
         regularization: Regularization = "add",
     ) -> None:
         super().__init__()
-        if momentum is not None and not 0.0 < momentum <= 1.0:
+        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 < momentum <= 1.0):
             raise ValueError(f"momentum: expected a value in (0, 1] or None, received {momentum!r}")
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.n_iter = n_iter
-        self.init = init
-        self.reg_covar = reg_covar
+        self.n_components = check_count(n_components, "n_components")
+        self.covariance_type = check_choice(covariance_type, "covariance_type", ["diag", "full"])
+        self.n_iter = check_count(n_iter, "n_iter")
+        self.init = check_choice(init, "init", ["kmeans++", "spaced"])
+        self.reg_covar = check_positive(reg_covar, "reg_covar")
         self.seed = seed
-        self.grad = grad
+        self.grad = check_choice(grad, "grad", ["unrolled", "last_step"])
         self.momentum = momentum
-        self.backend = backend
+        self.backend = check_choice(backend, "backend", BACKENDS)
         self.regularization = check_choice(regularization, "regularization", ["add", "clamp"])
         self.running_weights: Tensor | None
         self.running_means: Tensor | None
@@ -195,20 +195,20 @@ class PrototypeOTLoss(nn.Module):
         super().__init__()
         self.epsilon = check_positive(epsilon, "epsilon")
         self.relative_epsilon = relative_epsilon
-        self.max_iter = max_iter
-        self.tol = tol
+        self.max_iter = check_count(max_iter, "max_iter")
+        self.tol = check_non_negative(tol, "tol")
         self.grad = check_choice(grad, "grad", ["envelope", "unrolled"])
         self.matching = check_choice(matching, "matching", ["plan", "index"])
-        self.ot_weight = ot_weight
-        self.proto_weight = proto_weight
-        self.max_elements = max_elements
+        self.ot_weight = check_non_negative(ot_weight, "ot_weight")
+        self.proto_weight = check_non_negative(proto_weight, "proto_weight")
+        self.max_elements = check_count(max_elements, "max_elements")
         self.backend = check_choice(backend, "backend", BACKENDS)
         self.objective = check_choice(objective, "objective", ["transport", "regularized"])
         self.marginals = check_choice(marginals, "marginals", ["weights", "responsibilities"])
         self.cost_reduction = check_choice(cost_reduction, "cost_reduction", ["sum", "mean"])
-        self.bures_eps = bures_eps
-        self.kernel_floor = kernel_floor
-        self.scaling_guard = scaling_guard
+        self.bures_eps = check_non_negative(bures_eps, "bures_eps")
+        self.kernel_floor = check_non_negative(kernel_floor, "kernel_floor")
+        self.scaling_guard = check_non_negative(scaling_guard, "scaling_guard")
 
     def forward(self, features: Sequence[Tensor], mixtures: Sequence[GaussianMixture]) -> LossOutput:
         """``features``: ``M`` tensors ``(N_i, d)``; ``mixtures``: their fitted mixtures."""
@@ -354,11 +354,11 @@ class MomentMatchingLoss(nn.Module):
         skewness_variance_floor: float | None = None,
     ) -> None:
         super().__init__()
-        self.mean_weight = mean_weight
-        self.covariance_weight = covariance_weight
-        self.skewness_weight = skewness_weight
+        self.mean_weight = check_non_negative(mean_weight, "mean_weight")
+        self.covariance_weight = check_non_negative(covariance_weight, "covariance_weight")
+        self.skewness_weight = check_non_negative(skewness_weight, "skewness_weight")
         self.reduction = check_choice(reduction, "reduction", ["sum", "mean"])
-        self.skewness_variance_floor = skewness_variance_floor
+        self.skewness_variance_floor = None if skewness_variance_floor is None else check_positive(skewness_variance_floor, "skewness_variance_floor")
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         return moment_matching_loss(
@@ -376,9 +376,18 @@ class MMDLoss(nn.Module):
 
     def __init__(self, *, sigma: Bandwidth = 1.0, estimator: Estimator = "biased", backend: Backend = "auto") -> None:
         super().__init__()
+        if isinstance(sigma, str):
+            check_choice(sigma, "sigma", ["median"])
+        elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+            check_positive(sigma, "sigma")
+        else:
+            if not sigma:
+                raise ValueError(f"sigma: expected a positive number, a non-empty sequence or 'median', received {sigma!r}")
+            for value in sigma:
+                check_positive(value, "sigma")
         self.sigma = sigma
         self.estimator = check_choice(estimator, "estimator", ["biased", "unbiased"])
-        self.backend = backend
+        self.backend = check_choice(backend, "backend", BACKENDS)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """``features``: ``M >= 2`` tensors ``(N_i, d)``."""
@@ -461,9 +470,9 @@ class DecAlignLoss(nn.Module):
         sample_granularity: SampleGranularity = "pooled",
     ) -> None:
         super().__init__()
-        self.n_modalities = n_modalities
-        self.alpha = alpha
-        self.beta = beta
+        self.n_modalities = check_count(n_modalities, "n_modalities", minimum=2)
+        self.alpha = check_non_negative(alpha, "alpha")
+        self.beta = check_non_negative(beta, "beta")
         self.decoupling = decoupling if decoupling is not None else DecouplingLoss()
         self.heterogeneity = heterogeneity if heterogeneity is not None else HeterogeneityLoss(n_modalities)
         self.homogeneity = homogeneity if homogeneity is not None else HomogeneityLoss()

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from alignkit_models.training.checkpoint import read_json
 from alignkit_models.training.config import ConfigError, TrainConfig, apply_override, build_config, validate_config
 
 
@@ -32,6 +33,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1111-1115)")
     parser.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs per seed")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision of the network (autocast; fp16 with loss scaling)")
+    parser.add_argument("--threads", type=int, help="CPU threads of this process (default: $OMP_NUM_THREADS, else torch's choice: the physical cores)")
     parser.add_argument("--output-dir", dest="output_dir", help="folder for run folders (default runs/)")
     parser.add_argument("--run-name", dest="run_name", help="run folder name (default <model>-<dataset>)")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
@@ -73,6 +76,8 @@ def _run_options(args: argparse.Namespace) -> dict:
         "seeds": args.seeds,
         "max_epochs": args.max_epochs,
         "device": args.device,
+        "threads": args.threads,
+        "precision": args.precision,
         "output_dir": args.output_dir,
         "run_name": args.run_name,
         "progress": args.progress,
@@ -92,7 +97,10 @@ def _train(args: argparse.Namespace) -> None:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").is_file():
             raise ConfigError(f"resume: no run found in {run_dir} (config.json missing)")
-        saved = TrainConfig.model_validate_json((run_dir / "config.json").read_text())
+        saved = validate_config(read_json(run_dir / "config.json", "run config"))
+        for field, given in (("model", args.model), ("dataset", args.dataset)):
+            if given != getattr(saved, field):
+                raise ConfigError(f"resume: {run_dir} is a run of {field} {getattr(saved, field)!r}, received --{field} {given}")
         # Continue with the saved settings; only the seed list may grow.
         config = validate_config({**saved.model_dump(), "seeds": config.seeds if args.seeds else saved.seeds})
     result = run_experiment(config, run_dir=run_dir, resume=bool(args.resume))
@@ -195,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _models()
         else:
             _datasets()
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as error:  # ImportError: a missing optional extra
         print(f"alignkit: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -21,7 +21,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from alignkit._checks import check_choice, check_same_kind, check_tensor, compute_dtype, full_precision
+from alignkit._checks import check_choice, check_covariances, check_same_kind, check_tensor, compute_dtype, full_precision
 from alignkit.ot.sqrtm import sqrt_diagonal, trace_sqrtm_psd, unchecked_sqrtm_psd
 
 
@@ -35,6 +35,7 @@ def _check_component_set(means: Tensor, covariances: Tensor, side: str) -> None:
             f"covariances_{side}: expected shape {expected[0]} (diagonal) or {expected[1]} (full) "
             f"to match means_{side} {tuple(means.shape)}, received {tuple(covariances.shape)}"
         )
+    check_covariances(covariances, f"covariances_{side}", diagonal=covariances.ndim == 2)
 
 
 @full_precision

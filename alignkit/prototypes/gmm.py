@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from alignkit._checks import check_choice, check_positive, check_tensor, compute_dtype, full_precision
+from alignkit._checks import check_choice, check_covariances, check_positive, check_tensor, compute_dtype, full_precision
 from alignkit.kernels.backends import keops
 from alignkit.kernels.dispatch import Backend, resolve_rowwise_backend
 
@@ -335,6 +335,8 @@ def fit_gmm(
     means0 = _batched_init(means_init, "means_init", (n_components, n_features), batch, xb)
     weights0 = _batched_init(weights_init, "weights_init", (n_components,), batch, xb)
     covariances0 = _batched_init(covariances_init, "covariances_init", cov_shape, batch, xb)
+    if covariances0 is not None:
+        check_covariances(covariances0, "covariances_init", diagonal=covariance_type == "diag")
 
     # EM is translation-equivariant: fit centred data, shift the means back at the end.
     center = xb.mean(-2, keepdim=True).detach()

@@ -33,13 +33,13 @@ real tokens of a second sentence, so the mask never sums to less than the segmen
 ``text="tokens"`` the split's text is stored as int64 ``(N, L, 3)`` with the columns always in
 the order token id, attention mask, segment id.
 
-Pickles run code when they are loaded: only load MMSA files from sources you trust.
+A pickle can hold code that ``pickle.load`` runs; :func:`load_mmsa` reads files through a
+restricted unpickler that admits numpy arrays and plain containers only (:mod:`.safe_pickle`).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +48,7 @@ from typing import Any, Literal
 import numpy as np
 
 from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, Task
+from alignkit_models.data.safe_pickle import load_data_pickle
 
 __all__ = ["DATASET_DIMS", "MODALITIES", "SPLITS", "TEXT_INPUTS", "TextInput", "load_mmsa", "mmsa_dataset"]
 
@@ -111,8 +112,9 @@ def load_mmsa(
     """Read an MMSA feature pickle into a :class:`MultimodalDataset`.
 
     Args:
-        path: the ``.pkl`` file. It is read with :func:`pickle.load`, which executes code stored
-            in the file: load only files from trusted sources.
+        path: the ``.pkl`` file. It is read by
+            :func:`~alignkit_models.data.safe_pickle.load_data_pickle`, which admits numpy arrays
+            and plain containers only: a file that would run code is refused before anything runs.
         name: the data set's name, e.g. ``"mosi"``.
         modalities: which of ``"text"``, ``"audio"``, ``"vision"`` to keep.
         task: ``"regression"`` reads ``regression_labels`` (float32); ``"classification"``
@@ -140,7 +142,7 @@ def load_mmsa(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``text`` is neither ``"features"`` nor ``"tokens"``; the file is not a dict
+        ValueError: the file would run code, is empty, truncated or not a pickle; ``text`` is neither ``"features"`` nor ``"tokens"``; the file is not a dict
             of splits, or a split lacks a key, has a wrongly shaped array (or, for
             ``text="tokens"``, a non-integer ``text_bert``), disagrees on the number of samples,
             or changes a feature width; the message names the split and key.
@@ -149,8 +151,7 @@ def load_mmsa(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MMSA file not found: {path}")
-    with path.open("rb") as handle:
-        data = pickle.load(handle)
+    data = load_data_pickle(path)
     return mmsa_dataset(data, name=name, modalities=modalities, task=task, text=text, source=str(path))
 
 

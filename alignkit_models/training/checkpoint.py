@@ -1,12 +1,38 @@
-"""Checkpoint files: written atomically, so an interrupted run never leaves a torn file."""
+"""Run files and checkpoints: written atomically, read without running code.
+
+A checkpoint holds tensors and plain data only (configs as dicts, RNG states as tensors), so it
+is read with ``torch.load(weights_only=True)``: a file that would run code when unpickled is
+refused. Any unreadable file (empty, truncated, foreign, or refused) is one ``ValueError`` line
+naming the file.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``<path>.tmp``, flush it to disk, then rename: readers see the old file
+    or the new one, never half of one, even if the process is killed mid-write."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON run file, or one ``ValueError`` line naming it when it is torn or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{what} {path}: damaged ({str(error).splitlines()[0][:120]})") from None
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -17,12 +43,22 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
-    Checkpoints hold RNG states and configs besides tensors, so they are unpickled in full
-    (``weights_only=False``): load only checkpoints you (or someone you trust) wrote.
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable checkpoint, in one line naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: file not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds; the user gets one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in first or "Unsupported global" in str(error):
+            first = "it holds objects other than tensors and plain data, which could run code"
+        raise ValueError(f"checkpoint {path}: not a readable alignkit checkpoint ({first[:200]})") from None
+    if not isinstance(payload, dict) or "model_state" not in payload:
+        raise ValueError(f"checkpoint {path}: not an alignkit checkpoint (no model_state)")
+    return payload

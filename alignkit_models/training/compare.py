@@ -10,11 +10,13 @@ Writes into one folder::
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit_models.data.catalog import dataset_info
+from alignkit_models.training.checkpoint import atomic_write_text
 from alignkit_models.training.config import TrainConfig
 from alignkit_models.training.trainer import prepare_dataset, run_experiment
 
@@ -71,15 +73,17 @@ def write_tables(folder: Path, summaries: dict[str, dict], config: TrainConfig) 
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {seconds:.0f} |")
     table = "\n".join(lines)
     seeds = " ".join(str(s) for s in config.seeds)
-    (folder / "results.md").write_text(
+    atomic_write_text(
+        folder / "results.md",
         f"# {config.dataset}: test metrics, mean ± std over seeds {seeds}\n\n{table}\n\n"
-        f"Protocol: {json.dumps(config.protocol.model_dump())}\n"
+        f"Protocol: {json.dumps(config.protocol.model_dump())}\n",
     )
-    with (folder / "results.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", *(f"{m}_{stat}" for m in metrics for stat in ("mean", "std"))])
-        for model, summary in summaries.items():
-            writer.writerow([model, *(f"{summary['test'][m][stat]:.6f}" for m in metrics for stat in ("mean", "std"))])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["model", *(f"{m}_{stat}" for m in metrics for stat in ("mean", "std"))])
+    for model, summary in summaries.items():
+        writer.writerow([model, *(f"{summary['test'][m][stat]:.6f}" for m in metrics for stat in ("mean", "std"))])
+    atomic_write_text(folder / "results.csv", buffer.getvalue())
     return table
 
 

@@ -34,7 +34,9 @@ class ProtocolConfig(BaseModel):
     ``f1``, ``waf1``) or ``loss`` (the mean over validation batches of the task loss); None is
     the data set's default. ``loss``, ``mae`` are minimised, every other metric maximised.
     ``text_encoder_lr`` is the learning rate of a fine-tuned BERT text encoder (default ``lr``).
-    ``drop_last`` drops the incomplete last training batch of each epoch.
+    ``drop_last`` drops the incomplete last training batch of each epoch. ``precision``: ``bf16``
+    or ``fp16`` run the network under autocast (``fp16`` with loss scaling); the alignment losses
+    always compute in float32.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -51,6 +53,7 @@ class ProtocolConfig(BaseModel):
     regression_loss: Literal["mse", "l1"] = "mse"
     selection_metric: str | None = None
     drop_last: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 class PreprocessingConfig(BaseModel):
@@ -77,6 +80,7 @@ class TrainConfig(BaseModel):
     preprocessing: PreprocessingConfig = PreprocessingConfig()
     model_options: dict[str, Any] = Field(default_factory=dict)
     device: str = "cpu"
+    threads: PositiveInt | None = None
     output_dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
@@ -147,8 +151,8 @@ def build_config(
     for key, value in explicit.items():
         if value is None:
             continue
-        if key == "max_epochs":
-            raw.setdefault("protocol", {})["max_epochs"] = value
+        if key in ("max_epochs", "precision"):
+            raw.setdefault("protocol", {})[key] = value
         else:
             raw[key] = value
     return validate_config(raw)

@@ -14,6 +14,7 @@ written as ``results.json`` and ``results.csv`` in the run folder::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -34,7 +35,7 @@ from alignkit_models.data.preprocess import standardize_features
 from alignkit_models.metrics import MINIMISED, PRIMARY_METRIC, compute_metrics
 from alignkit_models.models.base import MultimodalModel
 from alignkit_models.registry import create_model
-from alignkit_models.training.checkpoint import load_checkpoint, save_checkpoint
+from alignkit_models.training.checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint
 from alignkit_models.training.config import TrainConfig
 
 
@@ -75,6 +76,14 @@ def prepare_dataset(config: TrainConfig, path: str | Path | None = None) -> Mult
     return dataset
 
 
+def set_threads(threads: int | None) -> None:
+    """Intra-op CPU threads for this process; None keeps torch's default (``$OMP_NUM_THREADS``,
+    else the physical cores). Several runs side by side each need fewer: two processes with two
+    threads each on two cores ran 5-25x slower than one."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def selection_rule(config: TrainConfig) -> tuple[str, str]:
     """The validation metric that selects checkpoints, and ``"min"`` or ``"max"``."""
     kind = dataset_info(config.dataset).metrics
@@ -91,7 +100,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, device: torch.device, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, float]:
     """Predictions and labels of a whole split in eval mode, and the mean over batches of the
     task loss (each batch counts once, as in the authors' DecAlign and MMSA trainers)."""
     model.eval()
@@ -99,16 +108,17 @@ def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, dev
     predictions, labels, losses = [], [], []
     for batch in loader:
         batch = to_device(batch, device)
-        prediction = model(batch["features"], batch["masks"]).prediction
+        with autocast(device, precision):
+            prediction = model(batch["features"], batch["masks"]).prediction
         losses.append(float(model.task_loss(prediction.float(), batch["labels"])))
         predictions.append(prediction.float().cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(predictions), torch.cat(labels), float(np.mean(losses))
 
 
-def evaluate(model: MultimodalModel, split: MultimodalSplit, metrics: str, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: MultimodalModel, split: MultimodalSplit, metrics: str, batch_size: int, device: torch.device, precision: str = "fp32") -> dict[str, float]:
     """The data set's metrics on ``split`` plus ``loss``, the validation task loss."""
-    predictions, labels, loss = predict(model, split, batch_size, device)
+    predictions, labels, loss = predict(model, split, batch_size, device, precision)
     return {**compute_metrics(metrics, predictions, labels), "loss": loss}
 
 
@@ -119,9 +129,11 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 def _rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG's state as tensors and plain data, so checkpoints load with ``weights_only=True``."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "python": random.getstate(),
         "loader": loader_generator.get_state(),
     }
@@ -129,7 +141,8 @@ def _rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
 
 def _restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
     loader_generator.set_state(state["loader"])
 
@@ -161,6 +174,7 @@ def train_seed(
     # foreach: one fused update over all parameter tensors (many small ones in these models).
     optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
+    scaler = torch.amp.GradScaler(device.type, enabled=protocol.precision == "fp16")
     loader_generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         SplitDataset(dataset.train, model.modalities),
@@ -181,6 +195,8 @@ def train_seed(
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         scheduler.load_state_dict(checkpoint["scheduler_state"])
+        if checkpoint.get("scaler_state"):
+            scaler.load_state_dict(checkpoint["scaler_state"])
         _restore_rng(checkpoint["rng"], loader_generator)
         state = checkpoint["trainer_state"]
 
@@ -189,9 +205,9 @@ def train_seed(
         if stopped:
             break
         epoch_started = time.perf_counter()
-        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress)
+        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress, protocol.precision, scaler)
         train_seconds = time.perf_counter() - epoch_started
-        valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device)
+        valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device, protocol.precision)
         scheduler.step(valid[primary])
         record = {
             "epoch": epoch,
@@ -215,6 +231,7 @@ def train_seed(
                 "model_state": model.state_dict(),
                 "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(),
+                "scaler_state": scaler.state_dict(),
                 "rng": _rng_state(loader_generator),
                 "trainer_state": state,
                 "seed": seed,
@@ -228,10 +245,10 @@ def train_seed(
 
     best = load_checkpoint(seed_dir / "best.pt")
     model.load_state_dict(best["model_state"])
-    test = evaluate(model, dataset.test, metric_kind, protocol.batch_size, device)
+    test = evaluate(model, dataset.test, metric_kind, protocol.batch_size, device, protocol.precision)
     result = SeedResult(seed, best["epoch"], state["epoch"], best["valid"], test, time.perf_counter() - started)
-    (seed_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-    (seed_dir / "metrics.json").write_text(json.dumps(result.__dict__, indent=1))
+    atomic_write_text(seed_dir / "history.json", json.dumps(state["history"], indent=1))
+    atomic_write_text(seed_dir / "metrics.json", json.dumps(result.__dict__, indent=1))
     return result
 
 
@@ -247,6 +264,15 @@ def parameter_groups(model: MultimodalModel, text_encoder_lr: float | None) -> l
     ]
 
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision for the network (``bf16`` / ``fp16``); the alignment losses compute in
+    float32 inside whatever the context (they disable autocast themselves)."""
+    return torch.autocast(device.type, dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "fp32")
+
+
 def _train_epoch(
     model: MultimodalModel,
     loader: DataLoader,
@@ -255,21 +281,28 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
     progress: bool,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One pass over the training data; returns mean loss and mean of each component."""
+    """One pass over the training data; returns mean loss and mean of each component.
+    ``scaler``: loss scaling for ``fp16`` (a disabled scaler, or None, does nothing)."""
     model.train()
     sums: dict[str, float] = {}
     steps = 0
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
     for batch in bar:
         batch = to_device(batch, device)
-        output = model(batch["features"], batch["masks"], batch["labels"])
-        loss = model.loss(output, batch["labels"])
+        with autocast(device, precision):
+            output = model(batch["features"], batch["masks"], batch["labels"])
+            loss = model.loss(output, batch["labels"])
         optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
+        scaler.scale(loss.total).backward()
         if grad_clip is not None:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         # One host sync per step for logging: the running means shown by the progress bar.
         values = {"loss": float(loss.total.detach()), **{k: float(v.detach()) for k, v in loss.components.items()}}
         for key, value in values.items():
@@ -309,19 +342,26 @@ def run_experiment(
     """Train every seed of ``config`` and write the summary; returns the results dict.
 
     ``resume`` continues the run in ``run_dir``: finished seeds are read back, the interrupted
-    seed continues from its ``last.pt``.
+    seed continues from its ``last.pt`` (a damaged ``metrics.json`` is rebuilt from the seed's
+    checkpoints). The run folder is created only once the data have loaded and the model has
+    been built, so a run that fails before training leaves none.
     """
+    set_threads(config.threads)
+    dataset = dataset if dataset is not None else prepare_dataset(config)
+    build_model(config, dataset)  # options that fail, fail before any file is written
     run_dir = run_dir if run_dir is not None else run_dir_for(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
-    dataset = dataset if dataset is not None else prepare_dataset(config)
+    atomic_write_text(run_dir / "config.json", config.model_dump_json(indent=1))
     results = []
     for seed in config.seeds:
         seed_dir = run_dir / f"seed-{seed}"
-        finished = seed_dir / "metrics.json"
-        if resume and finished.exists():
-            results.append(SeedResult(**json.loads(finished.read_text())))
+        finished = _finished_seed(seed_dir) if resume else None
+        if finished is not None:
+            results.append(finished)
             continue
+        if resume and (seed_dir / "last.pt").exists():
+            epoch = load_checkpoint(seed_dir / "last.pt")["trainer_state"]["epoch"]
+            tqdm.write(f"resuming {seed} at epoch {epoch + 1}")
         results.append(train_seed(config, dataset, seed, seed_dir, resume=resume))
     summary = {
         "model": config.model,
@@ -330,18 +370,32 @@ def run_experiment(
         "test": summarize(results),
         "per_seed": [r.__dict__ for r in results],
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=1))
     write_results_csv(run_dir / "results.csv", results, summary["test"])
     summary["run_dir"] = str(run_dir)
     return summary
 
 
+def _finished_seed(seed_dir: Path) -> SeedResult | None:
+    """The result of a finished seed, or None when it has to (re)run: no ``metrics.json``, or
+    one that was torn (then the seed is finished again from its checkpoints, losing nothing)."""
+    path = seed_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return SeedResult(**read_json(path, "metrics"))
+    except (ValueError, TypeError) as error:
+        tqdm.write(f"{error}; finishing seed {seed_dir.name} again from its checkpoints")
+        return None
+
+
 def write_results_csv(path: Path, results: list[SeedResult], summary: dict[str, dict[str, float]]) -> None:
     keys = list(summary)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["seed", "best_epoch", *keys])
-        for r in results:
-            writer.writerow([r.seed, r.best_epoch, *(f"{r.test[k]:.6f}" for k in keys)])
-        writer.writerow(["mean", "", *(f"{summary[k]['mean']:.6f}" for k in keys)])
-        writer.writerow(["std", "", *(f"{summary[k]['std']:.6f}" for k in keys)])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["seed", "best_epoch", *keys])
+    for r in results:
+        writer.writerow([r.seed, r.best_epoch, *(f"{r.test[k]:.6f}" for k in keys)])
+    writer.writerow(["mean", "", *(f"{summary[k]['mean']:.6f}" for k in keys)])
+    writer.writerow(["std", "", *(f"{summary[k]['std']:.6f}" for k in keys)])
+    atomic_write_text(path, buffer.getvalue())

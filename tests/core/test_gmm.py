@@ -132,3 +132,15 @@ def test_property_fit_is_invariant_to_the_order_of_samples(order: list[int], cov
     assert torch.allclose(a.covariances, b.covariances, rtol=1e-9, atol=1e-10)
     assert torch.allclose(a.weights, b.weights, rtol=1e-9)
     assert torch.allclose(a.responsibilities[perm], b.responsibilities, atol=1e-10)
+
+
+def test_float32_fit_far_from_the_origin_matches_float64() -> None:
+    # Data offset by 1e4: without centring, float32 E[x^2] - mu^2 cancels to noise (variances of
+    # order 1e8 * 6e-8 = 6), so the float32 fit would disagree with float64 by orders of magnitude.
+    g = torch.Generator().manual_seed(8)
+    x = torch.cat([torch.randn(30, 3, generator=g, dtype=torch.float64), torch.randn(30, 3, generator=g, dtype=torch.float64) + 4.0]) + 1e4
+    init = {"means_init": x[[0, 45]]}
+    wide = fit_gmm(x, 2, n_iter=5, **init)
+    narrow = fit_gmm(x.float(), 2, n_iter=5, means_init=init["means_init"].float())
+    torch.testing.assert_close(narrow.means.double(), wide.means, rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(narrow.covariances.double(), wide.covariances, rtol=2e-2, atol=2e-3)

@@ -320,3 +320,56 @@ def test_fit_gmm_unrolled_gradcheck_of_covariances_and_weights() -> None:
 
     assert gradcheck(objective, (x,))
 
+
+
+# --------------------------------------------------------------------------- gradients w.r.t. the marginals
+
+
+def _simplex(logits: Tensor) -> Tensor:
+    return torch.softmax(logits, 0)
+
+
+@pytest.mark.parametrize("grad", ["unrolled", "envelope"])
+def test_multi_marginal_sinkhorn_gradient_wrt_marginals_matches_finite_differences(grad: str) -> None:
+    # Marginals are parametrised on the simplex so that the perturbed ones keep equal masses.
+    cost = torch.rand(3, 2, 4, dtype=F64)
+    logits = [_param(3), _param(2), _param(4)]
+
+    def regularized(*logits: Tensor) -> Tensor:
+        result = multi_marginal_sinkhorn(cost, [_simplex(z) for z in logits], EPSILON, grad=grad, **TIGHT)
+        assert result.converged
+        return result.regularized_value
+
+    assert gradcheck(regularized, tuple(logits))
+
+
+def test_guarded_fixed_sweep_sinkhorn_gradcheck_wrt_cost_and_marginals() -> None:
+    # The authors' form: 50 sweeps, kernel floor and scaling guard, gradients through every sweep.
+    cost = (torch.rand(3, 2, 4, dtype=F64) * 2).requires_grad_(True)
+    logits = [_param(3), _param(2), _param(4)]
+
+    def regularized(cost: Tensor, *logits: Tensor) -> Tensor:
+        marginals = [_simplex(z) for z in logits]
+        return multi_marginal_sinkhorn(cost, marginals, 0.1, max_iter=50, tol=0.0, grad="unrolled", kernel_floor=1e-30, scaling_guard=1e-8).regularized_value
+
+    assert gradcheck(regularized, (cost, *logits))
+
+
+# --------------------------------------------------------------------------- repeated eigenvalues
+
+
+def test_sqrtm_psd_gradcheck_at_repeated_eigenvalues() -> None:
+    # 2I (all eigenvalues equal) is where autograd through eigh returns NaN.
+    matrix = (2.0 * torch.eye(3, dtype=F64)).requires_grad_(True)
+    assert gradcheck(lambda m: sqrtm_psd(0.5 * (m + m.mT)), (matrix,))
+
+
+def test_bures_wasserstein_cost_gradcheck_at_repeated_eigenvalues() -> None:
+    means_a, means_b = _param(2, 3), _param(2, 3)
+    cov_a = (2.0 * torch.eye(3, dtype=F64)).expand(2, 3, 3).clone().requires_grad_(True)
+    cov_b = (2.0 * torch.eye(3, dtype=F64)).expand(2, 3, 3).clone().requires_grad_(True)
+
+    def cost(means_a: Tensor, cov_a: Tensor, means_b: Tensor, cov_b: Tensor) -> Tensor:
+        return bures_wasserstein_cost(means_a, 0.5 * (cov_a + cov_a.mT), means_b, 0.5 * (cov_b + cov_b.mT))
+
+    assert gradcheck(cost, (means_a, cov_a, means_b, cov_b))

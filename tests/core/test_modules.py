@@ -150,3 +150,43 @@ def test_relative_epsilon_scales_with_the_mean_cost() -> None:
     cost = F.bures_wasserstein_cost(mixtures[0].means, mixtures[0].covariances, mixtures[1].means, mixtures[1].covariances)
     absolute = F.sinkhorn(cost, mixtures[0].weights, mixtures[1].weights, 0.1 * float(cost.mean()), tol=1e-10, max_iter=10_000)
     assert torch.allclose(relative.components["ot"], absolute.value)
+
+
+def _official_transport() -> alignkit.PrototypeOTLoss:
+    return alignkit.PrototypeOTLoss(
+        epsilon=0.1, relative_epsilon=False, max_iter=50, tol=0.0, grad="unrolled", matching="index", objective="regularized",
+        marginals="responsibilities", cost_reduction="mean", bures_eps=1e-8, kernel_floor=1e-30, scaling_guard=1e-8,
+    )
+
+
+@pytest.mark.parametrize("n_modalities", [3, 4])
+@pytest.mark.parametrize("form", ["default", "official"])
+def test_heterogeneity_loss_components_equal_the_functional_pipeline(n_modalities: int, form: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    features = [torch.randn(12, 4, generator=g, dtype=torch.float64) + i for i in range(n_modalities)]
+    official = form == "official"
+    prototypes = alignkit.GMMPrototypes(3, n_iter=4, init="spaced", reg_covar=1e-4, regularization="clamp" if official else "add")
+    transport = _official_transport() if official else alignkit.PrototypeOTLoss()
+    out = alignkit.HeterogeneityLoss(n_modalities, prototypes=prototypes, transport=transport)(features)
+
+    mixtures = [F.fit_gmm(f, 3, n_iter=4, init="spaced", reg_covar=1e-4, regularization="clamp" if official else "add") for f in features]
+    reduction, eps = ("mean", 1e-8) if official else ("sum", 0.0)
+    pairwise = {
+        (i, j): F.bures_wasserstein_cost(mixtures[i].means, mixtures[i].covariances, mixtures[j].means, mixtures[j].covariances, reduction=reduction, eps=eps)
+        for i in range(n_modalities) for j in range(i + 1, n_modalities)
+    }
+    cost = F.joint_cost_tensor(pairwise)
+    if official:
+        marginals = [m.responsibilities.mean(0) / m.responsibilities.mean(0).sum() for m in mixtures]
+        ot = F.multi_marginal_sinkhorn(cost, marginals, 0.1, max_iter=50, tol=0.0, grad="unrolled", kernel_floor=1e-30, scaling_guard=1e-8)
+        expected_ot, plan = ot.regularized_value, None
+    else:
+        ot = F.multi_marginal_sinkhorn(cost, [m.weights for m in mixtures], 0.1 * float(cost.mean()), max_iter=200, tol=1e-4)
+        expected_ot, plan = ot.value, ot.plan
+    expected_proto = F.prototype_calibration_loss(
+        features, [m.responsibilities for m in mixtures], [m.means for m in mixtures],
+        plan=plan, matching="index" if official else "plan", reduction=reduction,
+    )
+    torch.testing.assert_close(out.components["ot"], expected_ot, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.components["proto"], expected_proto, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.total, expected_ot + expected_proto, rtol=1e-10, atol=1e-12)

@@ -3,6 +3,7 @@ validation loss, last batch, BERT learning rate, feature standardisation, token-
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_validation_loss_is_the_mean_over_batches_of_the_task_loss(tmp_path: Pat
 
 def test_the_best_checkpoint_minimises_the_validation_loss(tmp_path: Path) -> None:
     result = train_seed(_config(tmp_path, "protocol.max_epochs=4", "protocol.early_stopping_patience=10"), _mosi(), 3, tmp_path / "s")
-    history = torch.load(tmp_path / "s" / "last.pt", weights_only=False)["trainer_state"]["history"]
+    history = torch.load(tmp_path / "s" / "last.pt", weights_only=True)["trainer_state"]["history"]
     losses = [record["valid"]["loss"] for record in history]
     assert result.best_epoch == 1 + int(np.argmin(losses))
     assert all(record["train_seconds"] > 0 for record in history)
@@ -114,8 +115,45 @@ def test_decalign_trains_with_a_fine_tuned_bert(tmp_path: Path) -> None:
     data = _mosi(text_bert=True)
     before = {k: v.clone() for k, v in trainer.build_model(config, data).text_encoder.state_dict().items()}
     result = train_seed(config, data, 3, tmp_path / "s")
-    after = torch.load(tmp_path / "s" / "last.pt", weights_only=False)
+    after = torch.load(tmp_path / "s" / "last.pt", weights_only=True)
     optimizer_lrs = sorted(group["lr"] for group in after["optimizer_state"]["param_groups"])
     assert optimizer_lrs == [1e-5, config.protocol.lr]
     changed = [k for k, v in before.items() if not torch.equal(v, after["model_state"][f"text_encoder.{k}"])]
     assert changed and np.isfinite(result.test["mae"])  # BERT was fine-tuned
+
+
+def test_a_wrong_text_encoder_path_is_one_line_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alignkit_models.cli import main
+
+    missing = tmp_path / "no-bert-here"
+    args = ["train", "--model", "decalign", "--dataset", "synthetic-mosi", "--epochs", "1", "--seeds", "1", "--output-dir", str(tmp_path), "--no-progress"]
+    assert main([*args, "--set", f"model_options.text_encoder={missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"alignkit: error: text_encoder: no such directory: {missing}"
+
+
+def test_threads_option_sets_the_cpu_threads(tmp_path: Path) -> None:
+    from alignkit_models.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        args = ["train", "--model", "late_fusion", "--dataset", "uci-mfeat", "--epochs", "1", "--seeds", "1", "--threads", "1", "--output-dir", str(tmp_path), "--no-progress"]
+        assert main(args) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "late_fusion-uci-mfeat" / "config.json").read_text())["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_is_finite_and_close_to_fp32(tmp_path: Path, precision: str) -> None:
+    from alignkit_models.training.trainer import run_experiment
+
+    def accuracy(precision: str) -> float:
+        config = build_config("decalign", "uci-mfeat", seeds=[1111], max_epochs=3, output_dir=str(tmp_path / precision), progress=False, precision=precision)
+        summary = run_experiment(config)
+        history = json.loads((Path(summary["run_dir"]) / "seed-1111" / "history.json").read_text())
+        assert all(np.isfinite(record["train"]["loss"]) for record in history)
+        return summary["test"]["accuracy"]["mean"]
+
+    assert abs(accuracy(precision) - accuracy("fp32")) <= 0.01  # within one point
