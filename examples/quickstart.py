@@ -9,6 +9,7 @@ fitted per view, and the DecAlign losses are computed between views:
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 
@@ -94,4 +95,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,22 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert ci_lines[-1] == _readme_commands()[1]
 
 
-def test_drop_in_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    runpy.run_path(str(ROOT / "examples" / "drop_in_losses.py"), run_name="__main__")
-    assert "epoch 4" in capsys.readouterr().out
+def test_drop_in_example_runs_and_is_seeded(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["drop_in_losses.py", "--epochs", "2"])
+    outputs = []
+    for _ in range(2):
+        runpy.run_path(str(ROOT / "examples" / "drop_in_losses.py"), run_name="__main__")
+        outputs.append(capsys.readouterr().out)
+    assert "epoch 1" in outputs[0]
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_every_example_answers_help_without_running(example: str) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / example), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+    assert "epoch 0:" not in result.stdout and "UCI Multiple Features:" not in result.stdout
 
 
 def test_drop_in_example_is_under_forty_lines() -> None:
