@@ -33,6 +33,7 @@ class DecouplingLossConfig(_Config):
     mode: Literal["squared", "abs", "signed"] = "squared"
     granularity: Literal["sequence", "token", "pooled"] = "sequence"
     reduction: Literal["sum", "mean"] = "sum"
+    sync_dist: bool | None = None
 
     def build(self) -> DecouplingLoss:
         return DecouplingLoss(**self.model_dump())
@@ -49,6 +50,7 @@ class GMMPrototypesConfig(_Config):
     momentum: float | None = Field(default=None, gt=0.0, le=1.0)
     backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
     regularization: Literal["add", "clamp"] = "add"
+    sync_dist: bool | None = None
 
     def build(self) -> GMMPrototypes:
         return GMMPrototypes(**self.model_dump())
@@ -71,6 +73,7 @@ class PrototypeOTLossConfig(_Config):
     bures_eps: float = Field(default=0.0, ge=0.0)
     kernel_floor: float = Field(default=0.0, ge=0.0)
     scaling_guard: float = Field(default=0.0, ge=0.0)
+    sync_dist: bool | None = None
 
     def build(self) -> PrototypeOTLoss:
         return PrototypeOTLoss(**self.model_dump())
@@ -80,13 +83,14 @@ class HeterogeneityLossConfig(_Config):
     n_modalities: int | None = Field(default=None, ge=2)
     prototypes: GMMPrototypesConfig = GMMPrototypesConfig()
     transport: PrototypeOTLossConfig = PrototypeOTLossConfig()
+    sync_dist: bool | None = None
 
     def build(self, n_modalities: int | None = None) -> HeterogeneityLoss:
         """``n_modalities`` comes from this config or, inside a parent config, from the parent."""
         count = self.n_modalities if self.n_modalities is not None else n_modalities
         if count is None or (n_modalities is not None and count != n_modalities):
             raise ValueError(f"n_modalities: expected one value >= 2, received {self.n_modalities} and {n_modalities}")
-        return HeterogeneityLoss(count, prototypes=self.prototypes.build(), transport=self.transport.build())
+        return HeterogeneityLoss(count, prototypes=self.prototypes.build(), transport=self.transport.build(), sync_dist=self.sync_dist)
 
 
 class MomentMatchingLossConfig(_Config):
@@ -95,6 +99,7 @@ class MomentMatchingLossConfig(_Config):
     skewness_weight: float = Field(default=1.0, ge=0.0)
     reduction: Literal["sum", "mean"] = "sum"
     skewness_variance_floor: PositiveFloat | None = None
+    sync_dist: bool | None = None
 
     def build(self) -> MomentMatchingLoss:
         return MomentMatchingLoss(**self.model_dump())
@@ -104,6 +109,7 @@ class MMDLossConfig(_Config):
     sigma: Union[PositiveFloat, Annotated[list[PositiveFloat], Field(min_length=1)], Literal["median"]] = 1.0
     estimator: Literal["biased", "unbiased"] = "biased"
     backend: Literal["auto", "dense", "blocked", "keops"] = "auto"
+    sync_dist: bool | None = None
 
     def build(self) -> MMDLoss:
         return MMDLoss(**self.model_dump())
@@ -114,9 +120,10 @@ class HomogeneityLossConfig(_Config):
     mmd: MMDLossConfig = MMDLossConfig()
     use_sem: bool = True
     use_mmd: bool = True
+    sync_dist: bool | None = None
 
     def build(self) -> HomogeneityLoss:
-        return HomogeneityLoss(moments=self.moments.build(), mmd=self.mmd.build(), use_sem=self.use_sem, use_mmd=self.use_mmd)
+        return HomogeneityLoss(moments=self.moments.build(), mmd=self.mmd.build(), use_sem=self.use_sem, use_mmd=self.use_mmd, sync_dist=self.sync_dist)
 
 
 class DecAlignLossConfig(_Config):
@@ -130,6 +137,7 @@ class DecAlignLossConfig(_Config):
     use_hete: bool = True
     use_homo: bool = True
     sample_granularity: Literal["pooled", "token"] = "pooled"
+    sync_dist: bool | None = None
 
     def build(self) -> DecAlignLoss:
         return DecAlignLoss(
@@ -143,4 +151,5 @@ class DecAlignLossConfig(_Config):
             use_hete=self.use_hete,
             use_homo=self.use_homo,
             sample_granularity=self.sample_granularity,
+            sync_dist=self.sync_dist,
         )

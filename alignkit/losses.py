@@ -6,6 +6,11 @@ functions; the composite losses return a :class:`LossOutput` with every componen
     DecAlignLoss = task + DecouplingLoss + alpha * HeterogeneityLoss + beta * HomogeneityLoss   (eq. 13)
     HeterogeneityLoss = GMMPrototypes per modality -> PrototypeOTLoss (L_OT + L_proto)          (eq. 9)
     HomogeneityLoss = MomentMatchingLoss (L_sem) + MMDLoss (L_MMD)                              (eqs. 10-11)
+
+Every module takes ``sync_dist``: under ``torch.distributed`` with more than one process
+(``None``, the default) or always (``True``) it first gathers its sample sets from every process,
+so the loss is that of the global batch, gradients included (:mod:`alignkit.distributed`);
+``False`` keeps per-process statistics.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 
 from alignkit._checks import check_choice, check_count, check_non_negative, check_positive, check_sequence
 from alignkit.decoupling import Granularity, Mode, Reduction, decoupling_loss, masked_mean
+from alignkit.distributed import gather_samples, gathered_scope, sync_active
 from alignkit.kernels.dispatch import BACKENDS, Backend
 from alignkit.kernels.mmd import Bandwidth, Estimator, multimodal_mmd
 from alignkit.moments import moment_matching_loss
@@ -44,11 +50,20 @@ class LossOutput:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
+def _gather_all(xs: Sequence[Tensor | None] | Tensor, name: str) -> list[Tensor | None]:
+    """Each tensor of a per-modality sequence gathered over the processes (``None`` stays)."""
+    xs = [xs] if isinstance(xs, Tensor) else list(xs)
+    return [None if x is None else gather_samples(x, f"{name}[{i}]") for i, x in enumerate(xs)]
+
+
 class DecouplingLoss(nn.Module):
     """Module form of :func:`alignkit.functional.decoupling_loss` (eq. 1)."""
 
-    def __init__(self, *, mode: Mode = "squared", granularity: Granularity = "sequence", reduction: Reduction = "sum") -> None:
+    def __init__(
+        self, *, mode: Mode = "squared", granularity: Granularity = "sequence", reduction: Reduction = "sum", sync_dist: bool | None = None
+    ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         self.mode = check_choice(mode, "mode", ["squared", "abs", "signed"])
         self.granularity = check_choice(granularity, "granularity", ["sequence", "token", "pooled"])
         self.reduction = check_choice(reduction, "reduction", ["sum", "mean"])
@@ -59,6 +74,10 @@ class DecouplingLoss(nn.Module):
         common: Tensor | Sequence[Tensor],
         masks: Sequence[Tensor | None] | None = None,
     ) -> Tensor:
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                gathered_masks = None if masks is None else _gather_all(masks, "masks")
+                return self(_gather_all(unique, "unique"), _gather_all(common, "common"), gathered_masks)
         return decoupling_loss(
             unique, common, mode=self.mode, granularity=self.granularity, masks=masks, reduction=self.reduction
         )
@@ -88,8 +107,10 @@ class GMMPrototypes(nn.Module):
         momentum: float | None = None,
         backend: Backend = "auto",
         regularization: Regularization = "add",
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 < momentum <= 1.0):
             raise ValueError(f"momentum: expected a value in (0, 1] or None, received {momentum!r}")
         self.n_components = check_count(n_components, "n_components")
@@ -118,6 +139,9 @@ class GMMPrototypes(nn.Module):
 
     def forward(self, x: Tensor) -> GaussianMixture:
         """Fit to ``x: (N, d)``; returns the batch mixture (weights ``(K,)``, means ``(K, d)``, ...)."""
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                return self(gather_samples(x, "x"))
         warm = self.momentum is not None and self.running_means is not None
         mixture = fit_gmm(
             x,
@@ -191,8 +215,10 @@ class PrototypeOTLoss(nn.Module):
         bures_eps: float = 0.0,
         kernel_floor: float = 0.0,
         scaling_guard: float = 0.0,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         self.epsilon = check_positive(epsilon, "epsilon")
         self.relative_epsilon = relative_epsilon
         self.max_iter = check_count(max_iter, "max_iter")
@@ -211,10 +237,21 @@ class PrototypeOTLoss(nn.Module):
         self.scaling_guard = check_non_negative(scaling_guard, "scaling_guard")
 
     def forward(self, features: Sequence[Tensor], mixtures: Sequence[GaussianMixture]) -> LossOutput:
-        """``features``: ``M`` tensors ``(N_i, d)``; ``mixtures``: their fitted mixtures."""
+        """``features``: ``M`` tensors ``(N_i, d)``; ``mixtures``: their fitted mixtures.
+
+        Under ``sync_dist`` the features are gathered, so the mixtures must be those of the
+        gathered features (e.g. from :class:`GMMPrototypes` with ``sync_dist`` too)."""
         features = check_sequence(features, "features", min_len=2)
         if len(mixtures) != len(features):
             raise ValueError(f"mixtures: expected {len(features)} (one per modality), received {len(mixtures)}")
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                return self(_gather_all(features, "features"), mixtures)
+        for i, (x, mixture) in enumerate(zip(features, mixtures)):
+            if mixture.responsibilities.shape[-2] != x.shape[0]:
+                raise ValueError(
+                    f"mixtures[{i}]: its responsibilities cover {mixture.responsibilities.shape[-2]} samples, features[{i}] has {x.shape[0]}"
+                )
         pairwise = pairwise_bures_costs(mixtures, reduction=self.cost_reduction, eps=self.bures_eps)
         cost = joint_cost_tensor(pairwise, max_elements=self.max_elements)
         epsilon = self.epsilon * float(cost.detach().mean().clamp_min(1e-12)) if self.relative_epsilon else self.epsilon
@@ -290,6 +327,7 @@ class HeterogeneityLoss(nn.Module):
         n_modalities: ``M >= 2``; each modality gets its own copy of ``prototypes`` (own state).
         prototypes: template prototype module (default ``GMMPrototypes()``).
         transport: OT + calibration module (default ``PrototypeOTLoss()``).
+        sync_dist: gather the features over the processes first (``None``: when more than one runs).
     """
 
     def __init__(
@@ -298,8 +336,10 @@ class HeterogeneityLoss(nn.Module):
         *,
         prototypes: GMMPrototypes | None = None,
         transport: PrototypeOTLoss | None = None,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         if n_modalities < 2:
             raise ValueError(f"n_modalities: expected at least 2, received {n_modalities}")
         template = prototypes if prototypes is not None else GMMPrototypes()
@@ -311,6 +351,9 @@ class HeterogeneityLoss(nn.Module):
         features = check_sequence(features, "features", min_len=2)
         if len(features) != len(self.prototypes):
             raise ValueError(f"features: expected {len(self.prototypes)} tensors (n_modalities), received {len(features)}")
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                return self(_gather_all(features, "features"))
         mixtures = self._fit_together(features) or [module(f) for module, f in zip(self.prototypes, features)]
         return self.transport(features, mixtures)
 
@@ -352,8 +395,10 @@ class MomentMatchingLoss(nn.Module):
         skewness_weight: float = 1.0,
         reduction: Reduction = "sum",
         skewness_variance_floor: float | None = None,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         self.mean_weight = check_non_negative(mean_weight, "mean_weight")
         self.covariance_weight = check_non_negative(covariance_weight, "covariance_weight")
         self.skewness_weight = check_non_negative(skewness_weight, "skewness_weight")
@@ -361,6 +406,9 @@ class MomentMatchingLoss(nn.Module):
         self.skewness_variance_floor = None if skewness_variance_floor is None else check_positive(skewness_variance_floor, "skewness_variance_floor")
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                return self(_gather_all(check_sequence(features, "features"), "features"))
         return moment_matching_loss(
             features,
             mean_weight=self.mean_weight,
@@ -374,8 +422,11 @@ class MomentMatchingLoss(nn.Module):
 class MMDLoss(nn.Module):
     """Module form of :func:`alignkit.functional.multimodal_mmd` (``L_MMD``, eqs. 11-12)."""
 
-    def __init__(self, *, sigma: Bandwidth = 1.0, estimator: Estimator = "biased", backend: Backend = "auto") -> None:
+    def __init__(
+        self, *, sigma: Bandwidth = 1.0, estimator: Estimator = "biased", backend: Backend = "auto", sync_dist: bool | None = None
+    ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         if isinstance(sigma, str):
             check_choice(sigma, "sigma", ["median"])
         elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
@@ -391,6 +442,9 @@ class MMDLoss(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """``features``: ``M >= 2`` tensors ``(N_i, d)``."""
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                return self(_gather_all(check_sequence(features, "features"), "features"))
         return multimodal_mmd(features, self.sigma, estimator=self.estimator, backend=self.backend)
 
 
@@ -404,14 +458,19 @@ class HomogeneityLoss(nn.Module):
         mmd: MMDLoss | None = None,
         use_sem: bool = True,
         use_mmd: bool = True,
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         self.moments = moments if moments is not None else MomentMatchingLoss()
         self.mmd = mmd if mmd is not None else MMDLoss()
         self.use_sem = use_sem
         self.use_mmd = use_mmd
 
     def forward(self, features: Sequence[Tensor]) -> LossOutput:
+        if sync_active(self.sync_dist):
+            with gathered_scope():
+                return self(_gather_all(check_sequence(features, "features"), "features"))
         components: dict[str, Tensor] = {}
         if self.use_sem:
             components["sem"] = self.moments(features)
@@ -453,6 +512,8 @@ class DecAlignLoss(nn.Module):
             the finer switches (OT, calibration, Sem, MMD) live in the parts.
         sample_granularity: how sequences become sample sets for the prototype and moment
             losses: ``"pooled"`` (one per sequence) or ``"token"`` (every real step).
+        sync_dist: gather the inputs over the processes first (``None``: when more than one
+            runs), so that every part is the loss of the global batch.
     """
 
     def __init__(
@@ -468,8 +529,10 @@ class DecAlignLoss(nn.Module):
         use_hete: bool = True,
         use_homo: bool = True,
         sample_granularity: SampleGranularity = "pooled",
+        sync_dist: bool | None = None,
     ) -> None:
         super().__init__()
+        self.sync_dist = sync_dist
         self.n_modalities = check_count(n_modalities, "n_modalities", minimum=2)
         self.alpha = check_non_negative(alpha, "alpha")
         self.beta = check_non_negative(beta, "beta")
@@ -501,6 +564,17 @@ class DecAlignLoss(nn.Module):
         """
         unique = check_sequence(unique, "unique", min_len=2)
         common = check_sequence(common, "common", min_len=2)
+        if sync_active(self.sync_dist):
+            # The task loss stays this process's own: DDP's gradient averaging makes it global.
+            with gathered_scope():
+                return self(
+                    _gather_all(unique, "unique"),
+                    _gather_all(common, "common"),
+                    masks=None if masks is None else _gather_all(masks, "masks"),
+                    task_loss=task_loss,
+                    skip=skip,
+                    homogeneity_features=None if homogeneity_features is None else _gather_all(homogeneity_features, "homogeneity_features"),
+                )
         components: dict[str, Tensor] = {}
         diagnostics: dict[str, float] = {}
         total = unique[0].new_zeros((), dtype=torch.float64 if unique[0].dtype == torch.float64 else torch.float32)

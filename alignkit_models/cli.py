@@ -23,6 +23,7 @@ from pathlib import Path
 
 from alignkit_models.training.checkpoint import read_json
 from alignkit_models.training.config import ConfigError, TrainConfig, apply_override, build_config, validate_config
+from alignkit_models.training.distributed import is_main
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -104,9 +105,10 @@ def _train(args: argparse.Namespace) -> None:
         # Continue with the saved settings; only the seed list may grow.
         config = validate_config({**saved.model_dump(), "seeds": config.seeds if args.seeds else saved.seeds})
     result = run_experiment(config, run_dir=run_dir, resume=bool(args.resume))
-    print(f"\n{config.model} on {config.dataset}, {len(config.seeds)} seed(s), test metrics (mean +- std):")
-    print("  " + _format_summary(result["test"]))
-    print(f"results: {result['run_dir']}/results.json")
+    if is_main():  # under torchrun: one report, from rank zero
+        print(f"\n{config.model} on {config.dataset}, {len(config.seeds)} seed(s), test metrics (mean +- std):")
+        print("  " + _format_summary(result["test"]))
+        print(f"results: {result['run_dir']}/results.json")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -206,7 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as error:  # ImportError: a missing optional extra
         print(f"alignkit: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,19 +6,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit.distributed import gather_samples, gathered_scope, sync_active
 
-def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temperature: float = 0.1) -> Tensor:
+
+def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temperature: float = 0.1, *, sync_dist: bool | None = None) -> Tensor:
     """SupCon: pull together samples of one class, push apart the rest.
 
     Args:
         representations: ``(B, D)``; L2-normalised inside.
         classes: ``(B,)`` integer class of each sample.
         temperature: softmax temperature ``> 0``.
+        sync_dist: compute over the global batch of every process (``None``: when more than one
+            runs; see :mod:`alignkit.distributed`).
 
     Returns:
         0-dim tensor: mean over anchors that have at least one positive of
         ``-mean_{p in P(i)} log softmax_{a != i}(z_i . z_a / t)_p``; 0 when no anchor has one.
     """
+    if sync_active(sync_dist):
+        with gathered_scope():
+            return supervised_contrastive_loss(gather_samples(representations, "representations"), gather_samples(classes, "classes"), temperature)
     z = F.normalize(representations.float(), dim=-1)
     logits = z @ z.T / temperature
     self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)

@@ -84,6 +84,7 @@ class TrainConfig(BaseModel):
     output_dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
+    world_size: PositiveInt = 1  # processes that trained the run (set by the trainer; torchrun)
 
 
 def load_preset(dataset: str) -> dict[str, Any]:

@@ -9,6 +9,10 @@ written as ``results.json`` and ``results.csv`` in the run folder::
     <output_dir>/<run_name>/config.json
     <output_dir>/<run_name>/seed-<s>/{last.pt, best.pt, history.json, metrics.json}
     <output_dir>/<run_name>/results.{json,csv}
+
+Under ``torchrun --nproc_per_node=N`` every process trains a DistributedDataParallel copy on its
+slice of each global batch of ``protocol.batch_size`` (:mod:`alignkit_models.training.distributed`);
+rank zero alone writes the run folder and shows progress.
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ from alignkit_models.models.base import MultimodalModel
 from alignkit_models.registry import create_model
 from alignkit_models.training.checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint
 from alignkit_models.training.config import TrainConfig
+from alignkit_models.training.distributed import (
+    GlobalBatchSampler,
+    all_gather_objects,
+    barrier,
+    broadcast,
+    init_from_environment,
+    is_main,
+    local_batch_size,
+    rank,
+    world_size,
+)
 
 
 @dataclass
@@ -163,30 +178,39 @@ def train_seed(
     ``on_epoch(epoch, record)`` is called after each epoch (used by tests to interrupt a run).
     """
     started = time.perf_counter()
-    seed_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main()
+    if main:
+        seed_dir.mkdir(parents=True, exist_ok=True)
     protocol = config.protocol
-    device = torch.device(config.device)
+    device = init_from_environment(config.device)
     metric_kind = dataset_info(config.dataset).metrics
     primary, mode = selection_rule(config)
 
     seed_everything(seed)
     model = build_model(config, dataset).to(device)
+    network: torch.nn.Module = model
+    if world_size() > 1:
+        # Same initial weights everywhere (DDP also broadcasts them); independent dropout per process.
+        torch.manual_seed(seed + 7919 * rank())
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     # foreach: one fused update over all parameter tensors (many small ones in these models).
     optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=protocol.precision == "fp16")
     loader_generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        SplitDataset(dataset.train, model.modalities),
-        batch_size=protocol.batch_size,
-        shuffle=True,
-        generator=loader_generator,
-        collate_fn=collate,
+    local_batch_size(protocol.batch_size)  # the processes must divide the global batch
+    sampler = GlobalBatchSampler(
+        len(dataset.train),
+        protocol.batch_size,
         # By default the incomplete last batch is dropped (the order is reshuffled every epoch):
         # batch statistics (BatchNorm in TFN/LMF, DecAlign's prototypes, moments and MMD) want
         # full batches. The authors' DecAlign trainer keeps it (protocol.drop_last=false).
         drop_last=protocol.drop_last and len(dataset.train) > protocol.batch_size,
+        generator=loader_generator,
     )
+    loader = DataLoader(SplitDataset(dataset.train, model.modalities), batch_sampler=sampler, generator=loader_generator, collate_fn=collate)
 
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
     last_path = seed_dir / "last.pt"
@@ -197,7 +221,8 @@ def train_seed(
         scheduler.load_state_dict(checkpoint["scheduler_state"])
         if checkpoint.get("scaler_state"):
             scaler.load_state_dict(checkpoint["scaler_state"])
-        _restore_rng(checkpoint["rng"], loader_generator)
+        rng_by_rank = checkpoint.get("rng_by_rank") or [checkpoint["rng"]]
+        _restore_rng(rng_by_rank[rank()] if rank() < len(rng_by_rank) else checkpoint["rng"], loader_generator)
         state = checkpoint["trainer_state"]
 
     stopped = state["bad_epochs"] >= protocol.early_stopping_patience
@@ -205,7 +230,7 @@ def train_seed(
         if stopped:
             break
         epoch_started = time.perf_counter()
-        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress, protocol.precision, scaler)
+        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress and main, protocol.precision, scaler, network=network)
         train_seconds = time.perf_counter() - epoch_started
         valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device, protocol.precision)
         scheduler.step(valid[primary])
@@ -219,25 +244,31 @@ def train_seed(
         }
         state["history"].append(record)
         state["epoch"] = epoch
-        if _is_better(valid[primary], state["best"], mode):
+        improved = _is_better(valid[primary], state["best"], mode)
+        if improved:
             state.update(best=valid[primary], best_epoch=epoch, bad_epochs=0)
-            save_checkpoint(seed_dir / "best.pt", {"config": config.model_dump(), "model_state": model.state_dict(), "epoch": epoch, "valid": valid, "seed": seed})
         else:
             state["bad_epochs"] += 1
-        save_checkpoint(
-            last_path,
-            {
-                "config": config.model_dump(),
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
-                "scaler_state": scaler.state_dict(),
-                "rng": _rng_state(loader_generator),
-                "trainer_state": state,
-                "seed": seed,
-            },
-        )
-        if config.progress:
+        rng_by_rank = all_gather_objects(_rng_state(loader_generator))  # every process's, to resume each exactly
+        if main:
+            if improved:
+                save_checkpoint(seed_dir / "best.pt", {"config": config.model_dump(), "model_state": model.state_dict(), "epoch": epoch, "valid": valid, "seed": seed})
+            save_checkpoint(
+                last_path,
+                {
+                    "config": config.model_dump(),
+                    "model_state": model.state_dict(),
+                    "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict(),
+                    "scaler_state": scaler.state_dict(),
+                    "rng": rng_by_rank[0],
+                    "rng_by_rank": rng_by_rank,
+                    "trainer_state": state,
+                    "seed": seed,
+                },
+            )
+        barrier()
+        if config.progress and main:
             tqdm.write(f"seed {seed} epoch {epoch:3d}  loss {train_record['loss']:.4f}  valid {primary} {valid[primary]:.4f}  (best {state['best']:.4f} @ {state['best_epoch']})")
         if on_epoch is not None:
             on_epoch(epoch, record)
@@ -247,8 +278,10 @@ def train_seed(
     model.load_state_dict(best["model_state"])
     test = evaluate(model, dataset.test, metric_kind, protocol.batch_size, device, protocol.precision)
     result = SeedResult(seed, best["epoch"], state["epoch"], best["valid"], test, time.perf_counter() - started)
-    atomic_write_text(seed_dir / "history.json", json.dumps(state["history"], indent=1))
-    atomic_write_text(seed_dir / "metrics.json", json.dumps(result.__dict__, indent=1))
+    if main:
+        atomic_write_text(seed_dir / "history.json", json.dumps(state["history"], indent=1))
+        atomic_write_text(seed_dir / "metrics.json", json.dumps(result.__dict__, indent=1))
+    barrier()
     return result
 
 
@@ -283,9 +316,13 @@ def _train_epoch(
     progress: bool,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    network: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over the training data; returns mean loss and mean of each component.
-    ``scaler``: loss scaling for ``fp16`` (a disabled scaler, or None, does nothing)."""
+    ``scaler``: loss scaling for ``fp16`` (a disabled scaler, or None, does nothing).
+    ``network``: what runs the forward pass, e.g. ``model`` wrapped in DistributedDataParallel
+    (default: ``model``)."""
+    network = network if network is not None else model
     model.train()
     sums: dict[str, float] = {}
     steps = 0
@@ -294,7 +331,7 @@ def _train_epoch(
     for batch in bar:
         batch = to_device(batch, device)
         with autocast(device, precision):
-            output = model(batch["features"], batch["masks"], batch["labels"])
+            output = network(batch["features"], batch["masks"], batch["labels"])
             loss = model.loss(output, batch["labels"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss.total).backward()
@@ -309,6 +346,11 @@ def _train_epoch(
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
         bar.set_postfix({k: f"{v / steps:.3g}" for k, v in sums.items()}, refresh=False)
+    if world_size() > 1 and sums:
+        # Each process logged its own shard's task loss: record the mean over the processes.
+        totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        sums = dict(zip(sums, (totals / world_size()).tolist()))
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
@@ -347,11 +389,16 @@ def run_experiment(
     been built, so a run that fails before training leaves none.
     """
     set_threads(config.threads)
+    init_from_environment(config.device)
+    config = config.model_copy(update={"world_size": world_size()})
     dataset = dataset if dataset is not None else prepare_dataset(config)
     build_model(config, dataset)  # options that fail, fail before any file is written
-    run_dir = run_dir if run_dir is not None else run_dir_for(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", config.model_dump_json(indent=1))
+    local_batch_size(config.protocol.batch_size)
+    run_dir = broadcast(run_dir if run_dir is not None else run_dir_for(config) if is_main() else None)
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", config.model_dump_json(indent=1))
+    barrier()
     results = []
     for seed in config.seeds:
         seed_dir = run_dir / f"seed-{seed}"
@@ -359,7 +406,7 @@ def run_experiment(
         if finished is not None:
             results.append(finished)
             continue
-        if resume and (seed_dir / "last.pt").exists():
+        if resume and (seed_dir / "last.pt").exists() and is_main():
             epoch = load_checkpoint(seed_dir / "last.pt")["trainer_state"]["epoch"]
             tqdm.write(f"resuming {seed} at epoch {epoch + 1}")
         results.append(train_seed(config, dataset, seed, seed_dir, resume=resume))
@@ -370,8 +417,10 @@ def run_experiment(
         "test": summarize(results),
         "per_seed": [r.__dict__ for r in results],
     }
-    atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=1))
-    write_results_csv(run_dir / "results.csv", results, summary["test"])
+    if is_main():
+        atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=1))
+        write_results_csv(run_dir / "results.csv", results, summary["test"])
+    barrier()
     summary["run_dir"] = str(run_dir)
     return summary
 
