@@ -35,6 +35,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, dest="max_epochs", help="maximum epochs per seed")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision of the network (autocast; fp16 with loss scaling)")
+    parser.add_argument("--compile", action="store_const", const=True, help="run the training forward pass through torch.compile")
     parser.add_argument("--threads", type=int, help="CPU threads of this process (default: $OMP_NUM_THREADS, else torch's choice: the physical cores)")
     parser.add_argument("--output-dir", dest="output_dir", help="folder for run folders (default runs/)")
     parser.add_argument("--run-name", dest="run_name", help="run folder name (default <model>-<dataset>)")
@@ -79,6 +80,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "device": args.device,
         "threads": args.threads,
         "precision": args.precision,
+        "compile": args.compile,
         "output_dir": args.output_dir,
         "run_name": args.run_name,
         "progress": args.progress,

@@ -36,7 +36,8 @@ class ProtocolConfig(BaseModel):
     ``text_encoder_lr`` is the learning rate of a fine-tuned BERT text encoder (default ``lr``).
     ``drop_last`` drops the incomplete last training batch of each epoch. ``precision``: ``bf16``
     or ``fp16`` run the network under autocast (``fp16`` with loss scaling); the alignment losses
-    always compute in float32.
+    always compute in float32. ``compile``: the training forward pass runs through
+    ``torch.compile`` (inductor); evaluation stays eager.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +55,7 @@ class ProtocolConfig(BaseModel):
     selection_metric: str | None = None
     drop_last: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
 
 
 class PreprocessingConfig(BaseModel):
@@ -152,7 +154,7 @@ def build_config(
     for key, value in explicit.items():
         if value is None:
             continue
-        if key in ("max_epochs", "precision"):
+        if key in ("max_epochs", "precision", "compile"):
             raw.setdefault("protocol", {})[key] = value
         else:
             raw[key] = value

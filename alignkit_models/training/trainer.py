@@ -200,6 +200,8 @@ def train_seed(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=protocol.precision == "fp16")
     loader_generator = torch.Generator().manual_seed(seed)
+    if protocol.compile:
+        network = torch.compile(network)
     local_batch_size(protocol.batch_size)  # the processes must divide the global batch
     sampler = GlobalBatchSampler(
         len(dataset.train),

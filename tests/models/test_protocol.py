@@ -157,3 +157,24 @@ def test_mixed_precision_training_is_finite_and_close_to_fp32(tmp_path: Path, pr
         return summary["test"]["accuracy"]["mean"]
 
     assert abs(accuracy(precision) - accuracy("fp32")) <= 0.01  # within one point
+
+
+def test_compiled_training_equals_eager(tmp_path: Path) -> None:
+    """``--compile``: the same two steps (dropout off, global batches of 700) as the eager run."""
+    from alignkit_models.training.trainer import run_experiment
+
+    def history(compiled: bool) -> list[dict]:
+        config = build_config(
+            "early_fusion", "uci-mfeat", seeds=[1111], max_epochs=1, output_dir=str(tmp_path / str(compiled)), progress=False, compile=compiled,
+            overrides=["model_options.dropout=0.0", "protocol.batch_size=700"],
+        )
+        summary = run_experiment(config)
+        return json.loads((Path(summary["run_dir"]) / "seed-1111" / "history.json").read_text())
+
+    eager = history(False)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = history(True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    assert compiled[0]["train"]["loss"] == pytest.approx(eager[0]["train"]["loss"], rel=1e-5)
+    assert compiled[0]["valid"]["loss"] == pytest.approx(eager[0]["valid"]["loss"], rel=1e-5)
