@@ -142,24 +142,48 @@ def check_count(value: int, name: str, minimum: int = 1) -> int:
     return value
 
 
-def check_covariances(covariances: Tensor, name: str, *, diagonal: bool) -> Tensor:
+def check_representable(results: Sequence[Tensor], name: str, dtype: torch.dtype) -> None:
+    """Finite inputs can still overflow the compute dtype (``|x| ~ 1e30`` squared in float32):
+    refuse such a result instead of returning Inf/NaN. A value check (one host sync); skipped
+    under ``input_checks(False)``."""
+    if not _CHECK_VALUES or any(r.device.type == "meta" for r in results):
+        return
+    if not all(bool(torch.isfinite(r).all()) for r in results):
+        raise ValueError(
+            f"{name}: its values overflow {str(dtype).removeprefix('torch.')} in this computation "
+            "(squares above its range); rescale it or pass float64"
+        )
+
+
+def check_non_negative_entries(tensor: Tensor, name: str) -> Tensor:
+    """Every entry ``>= 0`` (a transport plan, weights). A value check: skipped under
+    ``input_checks(False)``."""
+    if _CHECK_VALUES and tensor.device.type != "meta" and bool((tensor < 0).any()):
+        raise ValueError(f"{name}: expected entries >= 0, received a negative one ({float(tensor.min()):.3g})")
+    return tensor
+
+
+def check_covariances(covariances: Tensor, name: str, *, diagonal: bool, strict: bool = False) -> Tensor:
     """Variances (``diagonal``) must be ``>= 0``; covariance matrices ``(..., d, d)`` symmetric
-    positive semi-definite, both up to the round-off of their dtype. A value check: skipped
+    positive semi-definite, both up to the round-off of their dtype; with ``strict``, variances
+    ``> 0`` and matrices positive definite (a Gaussian density needs them). A value check: skipped
     under ``input_checks(False)``; the matrix check costs one ``eigvalsh``."""
     if not _CHECK_VALUES or covariances.device.type == "meta":
         return covariances
     c = covariances.detach().to(torch.float64)
     if diagonal:
-        if bool((c < 0).any()):
-            raise ValueError(f"{name}: expected variances >= 0, received a negative entry ({float(c.min()):.3g})")
+        if bool((c < 0).any()) or (strict and bool((c == 0).any())):
+            bound = "> 0" if strict else ">= 0"
+            raise ValueError(f"{name}: expected variances {bound}, received {float(c.min()):.3g}")
         return covariances
     tolerance = 100 * torch.finfo(covariances.dtype).eps * max(float(c.abs().max()), 1.0)
     asymmetry = float((c - c.mT).abs().max())
     if asymmetry > tolerance:
         raise ValueError(f"{name}: expected symmetric covariance matrices, received an asymmetric one (max |S - S^T| = {asymmetry:.3g})")
     smallest = float(torch.linalg.eigvalsh(c).min())
-    if smallest < -tolerance:
-        raise ValueError(f"{name}: expected positive semi-definite covariance matrices, received an eigenvalue of {smallest:.3g}")
+    if smallest < -tolerance or (strict and smallest <= 0):
+        kind = "definite" if strict else "semi-definite"
+        raise ValueError(f"{name}: expected positive {kind} covariance matrices, received an eigenvalue of {smallest:.3g}")
     return covariances
 
 

@@ -28,6 +28,7 @@ from alignkit._checks import (
     check_choice,
     check_feature_widths,
     check_positive,
+    check_representable,
     check_same_kind,
     check_sequence,
     check_tensor,
@@ -81,7 +82,10 @@ def _moments(x: Tensor, need_covariance: bool, need_skewness: bool, variance_flo
 def feature_moments(x: Tensor) -> FeatureMoments:
     """Mean, unbiased covariance and skewness of ``x: (N, d)``, ``N >= 2``."""
     check_tensor(x, "x", ndim=2, min_rows=2)
-    return _moments(x.to(compute_dtype(x.dtype)), True, True)
+    dtype = compute_dtype(x.dtype)
+    moments = _moments(x.to(dtype), True, True)
+    check_representable([t for t in (moments.mean, moments.covariance, moments.skewness) if t is not None], "x", dtype)
+    return moments
 
 
 @full_precision

@@ -12,6 +12,10 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
+# Ten times the examples, still reproducible: pytest --hypothesis-profile=deep.
+settings.register_profile(
+    "deep", max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # KeOps compiles each formula once (~10 s); pin its cache inside the checkout so runs reuse it.

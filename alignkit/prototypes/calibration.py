@@ -30,6 +30,7 @@ from torch import Tensor
 from alignkit._checks import (
     check_choice,
     check_feature_widths,
+    check_non_negative_entries,
     check_same_kind,
     check_sequence,
     check_tensor,
@@ -124,6 +125,7 @@ def prototype_calibration_loss(
         if plan is None:
             raise ValueError("plan: expected the OT plan for matching='plan', received None")
         check_tensor(plan, "plan")
+        check_non_negative_entries(plan, "plan")
         check_same_kind({"features[0]": features[0], "plan": plan}, dtype=False)  # a plan of any float dtype will do
         if tuple(plan.shape) != tuple(sizes):
             raise ValueError(f"plan: expected shape {tuple(sizes)} (components per modality), received {tuple(plan.shape)}")

@@ -41,7 +41,16 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from alignkit._checks import check_choice, check_covariances, check_positive, check_tensor, compute_dtype, full_precision
+from alignkit._checks import (
+    check_choice,
+    check_covariances,
+    check_non_negative_entries,
+    check_positive,
+    check_representable,
+    check_tensor,
+    compute_dtype,
+    full_precision,
+)
 from alignkit.kernels.backends import keops
 from alignkit.kernels.dispatch import Backend, resolve_rowwise_backend
 
@@ -334,13 +343,18 @@ def fit_gmm(
     cov_shape = (n_components, n_features) if covariance_type == "diag" else (n_components, n_features, n_features)
     means0 = _batched_init(means_init, "means_init", (n_components, n_features), batch, xb)
     weights0 = _batched_init(weights_init, "weights_init", (n_components,), batch, xb)
+    if weights0 is not None:
+        check_non_negative_entries(weights0, "weights_init")
+        if bool((weights0.sum(-1) <= 0).any()):
+            raise ValueError("weights_init: expected weights with a positive sum, received all zeros")
     covariances0 = _batched_init(covariances_init, "covariances_init", cov_shape, batch, xb)
     if covariances0 is not None:
-        check_covariances(covariances0, "covariances_init", diagonal=covariance_type == "diag")
+        check_covariances(covariances0, "covariances_init", diagonal=covariance_type == "diag", strict=True)
 
     # EM is translation-equivariant: fit centred data, shift the means back at the end.
     center = xb.mean(-2, keepdim=True).detach()
     xc = xb - center
+    check_representable([xc.square().sum(-1).amax()], "x", xc.dtype)  # k-means++ draws from squared distances
     means = _initial_means(xc, n_components, init, seed) if means0 is None else means0 - center
     weights = weights0 if weights0 is not None else xc.new_full((batch, n_components), 1.0 / n_components)
     covariances = (
@@ -357,6 +371,7 @@ def fit_gmm(
     log_resp, log_likelihood = _e_step(xc, xc_sq, weights, means, covariances, covariance_type, backend, regularization)
 
     means = means + center
+    check_representable([means, covariances, log_likelihood], "x", xc.dtype)
     result = (weights, means, covariances, log_resp.exp(), log_likelihood)
     if single:
         result = tuple(t.squeeze(0) for t in result)

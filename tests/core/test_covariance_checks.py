@@ -36,9 +36,9 @@ def test_bures_refuses_invalid_covariances(covariances: torch.Tensor, message: s
 
 def test_gmm_refuses_an_invalid_starting_covariance() -> None:
     x = torch.randn(20, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="covariances_init: expected positive semi-definite"):
+    with pytest.raises(ValueError, match="covariances_init: expected positive definite"):
         F.fit_gmm(x, 2, covariance_type="full", means_init=x[:2], covariances_init=_indefinite())
-    with pytest.raises(ValueError, match="covariances_init: expected variances >= 0"):
+    with pytest.raises(ValueError, match="covariances_init: expected variances > 0"):
         F.fit_gmm(x, 2, means_init=x[:2], covariances_init=-torch.ones(2, 3, dtype=torch.float64))
 
 
