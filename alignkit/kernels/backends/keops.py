@@ -60,7 +60,8 @@ def unavailable_reason(device_type: str = "cpu") -> str | None:
         return None
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", _CUDA_PROBE, os.path.abspath(pykeops.get_build_folder())],
+            # -u: unbuffered, so the last line printed before a crash reaches us.
+            [sys.executable, "-u", "-c", _CUDA_PROBE, os.path.abspath(pykeops.get_build_folder())],
             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False,
         )
     except subprocess.TimeoutExpired:
