@@ -148,18 +148,22 @@ def check_representable(results: Sequence[Tensor], name: str, dtype: torch.dtype
     under ``input_checks(False)``."""
     if not _CHECK_VALUES or any(r.device.type == "meta" for r in results):
         return
-    if not all(bool(torch.isfinite(r).all()) for r in results):
+    if not bool(torch.stack([torch.isfinite(r).all() for r in results]).all()):  # one host sync
         raise ValueError(
             f"{name}: its values overflow {str(dtype).removeprefix('torch.')} in this computation "
             "(squares above its range); rescale it or pass float64"
         )
 
 
-def check_non_negative_entries(tensor: Tensor, name: str) -> Tensor:
-    """Every entry ``>= 0`` (a transport plan, weights). A value check: skipped under
-    ``input_checks(False)``."""
-    if _CHECK_VALUES and tensor.device.type != "meta" and bool((tensor < 0).any()):
+def check_non_negative_entries(tensor: Tensor, name: str, *, positive_sum: bool = False) -> Tensor:
+    """Every entry ``>= 0`` (a transport plan, weights) and, with ``positive_sum``, some entry
+    ``> 0`` along the last axis. A value check: skipped under ``input_checks(False)``."""
+    if not _CHECK_VALUES or tensor.device.type == "meta":
+        return tensor
+    if bool((tensor < 0).any()):
         raise ValueError(f"{name}: expected entries >= 0, received a negative one ({float(tensor.min()):.3g})")
+    if positive_sum and bool((tensor.sum(-1) <= 0).any()):
+        raise ValueError(f"{name}: expected weights with a positive sum, received all zeros")
     return tensor
 
 

@@ -344,9 +344,7 @@ def fit_gmm(
     means0 = _batched_init(means_init, "means_init", (n_components, n_features), batch, xb)
     weights0 = _batched_init(weights_init, "weights_init", (n_components,), batch, xb)
     if weights0 is not None:
-        check_non_negative_entries(weights0, "weights_init")
-        if bool((weights0.sum(-1) <= 0).any()):
-            raise ValueError("weights_init: expected weights with a positive sum, received all zeros")
+        check_non_negative_entries(weights0, "weights_init", positive_sum=True)
     covariances0 = _batched_init(covariances_init, "covariances_init", cov_shape, batch, xb)
     if covariances0 is not None:
         check_covariances(covariances0, "covariances_init", diagonal=covariance_type == "diag", strict=True)
@@ -354,7 +352,8 @@ def fit_gmm(
     # EM is translation-equivariant: fit centred data, shift the means back at the end.
     center = xb.mean(-2, keepdim=True).detach()
     xc = xb - center
-    check_representable([xc.square().sum(-1).amax()], "x", xc.dtype)  # k-means++ draws from squared distances
+    xc_sq = xc * xc  # shared by every diagonal E- and M-step
+    check_representable([xc_sq.sum(-1).amax()], "x", xc.dtype)  # k-means++ draws from squared distances
     means = _initial_means(xc, n_components, init, seed) if means0 is None else means0 - center
     weights = weights0 if weights0 is not None else xc.new_full((batch, n_components), 1.0 / n_components)
     covariances = (
@@ -362,7 +361,6 @@ def fit_gmm(
         else _initial_covariances(xc, n_components, covariance_type, reg_covar, regularization)
     )
 
-    xc_sq = xc * xc  # shared by every diagonal E- and M-step
     for step in range(n_iter):
         differentiable = grad == "unrolled" or step == n_iter - 1
         with contextlib.nullcontext() if differentiable else torch.no_grad():

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``<path>.tmp``, flush it to disk, then rename: readers see the old file
-    or the new one, never half of one, even if the process is killed mid-write."""
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into ``<path>.tmp``, flush it to disk, then rename: readers see the old file or
+    the new one, never half of one, even if the process is killed mid-write."""
     temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w") as handle:
-        handle.write(text)
+    with temporary.open("wb") as handle:
+        write(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """A run file (JSON, CSV, markdown), written atomically."""
+    _write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -36,10 +42,8 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to ``<path>.tmp`` then rename: a crash mid-write keeps the previous checkpoint."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    """A checkpoint, written atomically: a crash mid-write keeps the previous one."""
+    _write_atomically(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -223,8 +223,8 @@ def train_seed(
         scheduler.load_state_dict(checkpoint["scheduler_state"])
         if checkpoint.get("scaler_state"):
             scaler.load_state_dict(checkpoint["scaler_state"])
-        rng_by_rank = checkpoint.get("rng_by_rank") or [checkpoint["rng"]]
-        _restore_rng(rng_by_rank[rank()] if rank() < len(rng_by_rank) else checkpoint["rng"], loader_generator)
+        states = checkpoint.get("rng_by_rank") or [checkpoint["rng"]]  # "rng": checkpoints of one process
+        _restore_rng(states[rank()] if rank() < len(states) else states[0], loader_generator)
         state = checkpoint["trainer_state"]
 
     stopped = state["bad_epochs"] >= protocol.early_stopping_patience
@@ -263,7 +263,6 @@ def train_seed(
                     "optimizer_state": optimizer.state_dict(),
                     "scheduler_state": scheduler.state_dict(),
                     "scaler_state": scaler.state_dict(),
-                    "rng": rng_by_rank[0],
                     "rng_by_rank": rng_by_rank,
                     "trainer_state": state,
                     "seed": seed,
