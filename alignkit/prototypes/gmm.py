@@ -352,8 +352,7 @@ def fit_gmm(
     # EM is translation-equivariant: fit centred data, shift the means back at the end.
     center = xb.mean(-2, keepdim=True).detach()
     xc = xb - center
-    xc_sq = xc * xc  # shared by every diagonal E- and M-step
-    check_representable([xc_sq.sum(-1).amax()], "x", xc.dtype)  # k-means++ draws from squared distances
+    check_representable([xc.square().sum(-1).amax()], "x", xc.dtype)  # k-means++ draws from squared distances
     means = _initial_means(xc, n_components, init, seed) if means0 is None else means0 - center
     weights = weights0 if weights0 is not None else xc.new_full((batch, n_components), 1.0 / n_components)
     covariances = (
@@ -361,6 +360,9 @@ def fit_gmm(
         else _initial_covariances(xc, n_components, covariance_type, reg_covar, regularization)
     )
 
+    # Made after the starting parameters on purpose: autograd sums the gradients reaching xc in
+    # the order their nodes were created, and moving this line changes training runs by rounding.
+    xc_sq = xc * xc  # shared by every diagonal E- and M-step
     for step in range(n_iter):
         differentiable = grad == "unrolled" or step == n_iter - 1
         with contextlib.nullcontext() if differentiable else torch.no_grad():
