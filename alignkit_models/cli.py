@@ -36,6 +36,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision of the network (autocast; fp16 with loss scaling)")
     parser.add_argument("--compile", action="store_const", const=True, help="run the training forward pass through torch.compile")
+    parser.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_const", const=True, help="replay the whole training step from a CUDA graph (one GPU; fp32 or bf16)")
     parser.add_argument("--threads", type=int, help="CPU threads of this process (default: $OMP_NUM_THREADS, else torch's choice: the physical cores)")
     parser.add_argument("--output-dir", dest="output_dir", help="folder for run folders (default runs/)")
     parser.add_argument("--run-name", dest="run_name", help="run folder name (default <model>-<dataset>)")
@@ -81,6 +82,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "precision": args.precision,
         "compile": args.compile,
+        "cuda_graphs": args.cuda_graphs,
         "output_dir": args.output_dir,
         "run_name": args.run_name,
         "progress": args.progress,

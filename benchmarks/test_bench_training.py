@@ -112,3 +112,25 @@ def test_training_epoch(benchmark, device, case: str) -> None:
     benchmark.extra_info["step_breakdown_ms"] = step_breakdown(model, optimizer, loader)
     measure(benchmark, run, device, rounds=2, impl=case.removesuffix("-epoch"), n_train=n_train, batch_size=config.protocol.batch_size)
     benchmark.extra_info["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_training_epoch_cuda_graphs(benchmark, device) -> None:
+    """The official-variant epoch with every step replayed from a CUDA graph (``--cuda-graphs``);
+    compare with ``official-variant-epoch`` of the same run. The memory probe's call is the epoch
+    that warms up and captures; the timed epochs replay."""
+    import pytest
+
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device (run with --device cuda)")
+    from alignkit_models.training.graphs import GraphedTrainStep, graph_ready_adam
+    from alignkit_models.training.trainer import _train_epoch, autocast, parameter_groups
+
+    n_train = 1284 if benchmark.enabled else 64
+    benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
+    model, _, loader, config = _setup(n_train, "official-variant-epoch")
+    model.to(device)
+    protocol = config.protocol
+    optimizer = graph_ready_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=device)
+    step = GraphedTrainStep(model, optimizer, protocol.grad_clip, lambda: autocast(device, "fp32", cache_enabled=False), warmup_steps=1)
+    run = lambda: _train_epoch(model, loader, optimizer, protocol.grad_clip, device, 1, progress=False, graphed_step=step)  # noqa: E731
+    measure(benchmark, run, device, rounds=3, impl="official-variant-cuda-graphs", n_train=n_train, batch_size=protocol.batch_size)

@@ -78,7 +78,8 @@ def _bandwidths(sigma: Bandwidth, x: Tensor, y: Tensor) -> Tensor:
         raise ValueError("sigma: expected a positive number, a non-empty sequence or 'median', received []")
     for value in values:
         check_positive(value, "sigma")
-    return torch.tensor(values, dtype=x.dtype, device=x.device)
+    # Filled on the device, not copied from the host: a host-to-device copy cannot be captured in a CUDA graph.
+    return torch.stack([torch.full((), float(value), dtype=x.dtype, device=x.device) for value in values])
 
 
 @full_precision

@@ -20,7 +20,9 @@ class OTResult:
             ``plan = exp((sum_i f_i - cost) / epsilon)``.
         n_iter: Sinkhorn sweeps performed (one sweep updates every potential once).
         converged: whether the marginal error fell below ``tol`` within ``max_iter`` sweeps.
-        marginal_error: ``max_i || plan summed over all axes but i  -  nu_i ||_1`` at the end.
+        marginal_error: ``max_i || plan summed over all axes but i  -  nu_i ||_1`` at the end;
+            with ``tol=0`` (no stopping rule) on torch tensors, a 0-dim tensor, so that reading
+            it is left to the caller (it costs a host sync).
     """
 
     plan: Tensor
@@ -29,4 +31,4 @@ class OTResult:
     potentials: tuple[Tensor, ...]
     n_iter: int
     converged: bool
-    marginal_error: float
+    marginal_error: float | Tensor

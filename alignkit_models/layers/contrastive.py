@@ -34,7 +34,12 @@ def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temper
     positives = (classes[:, None] == classes[None, :]) & ~self_mask
     counts = positives.sum(1)
     has_positive = counts > 0
+    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)) / counts.clamp_min(1)  # 0 without positives
+    if z.device.type != "cpu":
+        # No host sync (CUDA graphs capture this): the anchors without positives add zeros.
+        return per_anchor.sum() / has_positive.sum().clamp_min(1)
+    # The same value; on a CPU the mean over the selected anchors is kept because its rounding
+    # (the sum of fewer terms) is what recorded CPU runs were trained with.
     if not bool(has_positive.any()):
         return representations.new_zeros((), dtype=torch.float32)
-    per_anchor = -(log_prob.masked_fill(~positives, 0.0).sum(1)) / counts.clamp_min(1)
     return per_anchor[has_positive].mean()

@@ -90,7 +90,7 @@ class MultiheadAttention(nn.Module):
             if keep is not None:
                 scores = scores.masked_fill(~keep, float("-inf"))
             weights = scores.softmax(-1)
-            if self.fast_dropout:
+            if self.fast_dropout and weights.device.type == "cpu":  # elsewhere the native kernel (see dropout.py)
                 weights = weights * keep_mask(weights.shape, self.dropout, weights.device, weights.dtype)
             else:
                 weights = F.dropout(weights, self.dropout)

@@ -37,7 +37,9 @@ class ProtocolConfig(BaseModel):
     ``drop_last`` drops the incomplete last training batch of each epoch. ``precision``: ``bf16``
     or ``fp16`` run the network under autocast (``fp16`` with loss scaling); the alignment losses
     always compute in float32. ``compile``: the training forward pass runs through
-    ``torch.compile`` (inductor); evaluation stays eager.
+    ``torch.compile`` (inductor); evaluation stays eager. ``cuda_graphs``: the whole training
+    step (forward, losses, backward, update) is captured once per batch shape and replayed from a
+    CUDA graph (one CUDA process; fp32 or bf16; see :mod:`alignkit_models.training.graphs`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -56,6 +58,7 @@ class ProtocolConfig(BaseModel):
     drop_last: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+    cuda_graphs: bool = False
 
 
 class PreprocessingConfig(BaseModel):
@@ -154,7 +157,7 @@ def build_config(
     for key, value in explicit.items():
         if value is None:
             continue
-        if key in ("max_epochs", "precision", "compile"):
+        if key in ("max_epochs", "precision", "compile", "cuda_graphs"):
             raw.setdefault("protocol", {})[key] = value
         else:
             raw[key] = value

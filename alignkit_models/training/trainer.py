@@ -40,7 +40,8 @@ from alignkit_models.metrics import MINIMISED, PRIMARY_METRIC, compute_metrics
 from alignkit_models.models.base import MultimodalModel
 from alignkit_models.registry import create_model
 from alignkit_models.training.checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint
-from alignkit_models.training.config import TrainConfig
+from alignkit_models.training.config import ProtocolConfig, TrainConfig
+from alignkit_models.training.graphs import GraphedTrainStep, device_learning_rates, graph_ready_adam
 from alignkit_models.training.distributed import (
     GlobalBatchSampler,
     all_gather_objects,
@@ -195,8 +196,12 @@ def train_seed(
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    # foreach: one fused update over all parameter tensors (many small ones in these models).
-    optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
+    if protocol.cuda_graphs:
+        check_graphable(protocol, device)
+        optimizer = graph_ready_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=device)
+    else:
+        # foreach: one fused update over all parameter tensors (many small ones in these models).
+        optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=protocol.precision == "fp16")
     loader_generator = torch.Generator().manual_seed(seed)
@@ -220,6 +225,8 @@ def train_seed(
         checkpoint = load_checkpoint(last_path)
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if protocol.cuda_graphs:
+            device_learning_rates(optimizer, device)
         scheduler.load_state_dict(checkpoint["scheduler_state"])
         if checkpoint.get("scaler_state"):
             scaler.load_state_dict(checkpoint["scaler_state"])
@@ -227,12 +234,17 @@ def train_seed(
         _restore_rng(states[rank()] if rank() < len(states) else states[0], loader_generator)
         state = checkpoint["trainer_state"]
 
+    graphed_step = (
+        GraphedTrainStep(model, optimizer, protocol.grad_clip, lambda: autocast(device, protocol.precision, cache_enabled=False))
+        if protocol.cuda_graphs
+        else None
+    )
     stopped = state["bad_epochs"] >= protocol.early_stopping_patience
     for epoch in range(state["epoch"] + 1, protocol.max_epochs + 1):
         if stopped:
             break
         epoch_started = time.perf_counter()
-        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress and main, protocol.precision, scaler, network=network)
+        train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress and main, protocol.precision, scaler, network=network, graphed_step=graphed_step)
         train_seconds = time.perf_counter() - epoch_started
         valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device, protocol.precision)
         scheduler.step(valid[primary])
@@ -240,7 +252,7 @@ def train_seed(
             "epoch": epoch,
             "train": train_record,
             "valid": valid,
-            "lr": optimizer.param_groups[-1]["lr"],
+            "lr": float(optimizer.param_groups[-1]["lr"]),
             "train_seconds": round(train_seconds, 3),
             "valid_seconds": round(time.perf_counter() - epoch_started - train_seconds, 3),
         }
@@ -301,10 +313,23 @@ def parameter_groups(model: MultimodalModel, text_encoder_lr: float | None) -> l
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
+def autocast(device: torch.device, precision: str, *, cache_enabled: bool = True) -> torch.autocast:
     """Mixed precision for the network (``bf16`` / ``fp16``); the alignment losses compute in
-    float32 inside whatever the context (they disable autocast themselves)."""
-    return torch.autocast(device.type, dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "fp32")
+    float32 inside whatever the context (they disable autocast themselves). ``cache_enabled=False``
+    inside CUDA-graph capture, whose memory the cache of cast weights must not outlive."""
+    return torch.autocast(device.type, dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "fp32", cache_enabled=cache_enabled)
+
+
+def check_graphable(protocol: ProtocolConfig, device: torch.device) -> None:
+    """``protocol.cuda_graphs`` needs one CUDA process without loss scaling or ``torch.compile``."""
+    if device.type != "cuda":
+        raise ValueError(f"protocol.cuda_graphs: needs a CUDA device, received {device}")
+    if world_size() > 1:
+        raise ValueError("protocol.cuda_graphs: runs in one process; under torchrun leave it off")
+    if protocol.precision == "fp16":
+        raise ValueError("protocol.cuda_graphs: fp16 loss scaling checks for overflow on the host every step; use bf16 or fp32")
+    if protocol.compile:
+        raise ValueError("protocol.cuda_graphs: choose it or protocol.compile, not both")
 
 
 def _train_epoch(
@@ -318,13 +343,16 @@ def _train_epoch(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     network: torch.nn.Module | None = None,
+    graphed_step: GraphedTrainStep | None = None,
 ) -> dict[str, float]:
     """One pass over the training data; returns mean loss and mean of each component.
     ``scaler``: loss scaling for ``fp16`` (a disabled scaler, or None, does nothing).
     ``network``: what runs the forward pass, e.g. ``model`` wrapped in DistributedDataParallel
-    (default: ``model``)."""
+    (default: ``model``). ``graphed_step``: run each step through it (CUDA graphs) instead."""
     network = network if network is not None else model
     model.train()
+    if graphed_step is not None:
+        return _train_epoch_graphed(graphed_step, loader, device, epoch, progress)
     sums: dict[str, float] = {}
     steps = 0
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
@@ -353,6 +381,24 @@ def _train_epoch(
         torch.distributed.all_reduce(totals)
         sums = dict(zip(sums, (totals / world_size()).tolist()))
     return {k: v / max(steps, 1) for k, v in sums.items()}
+
+
+def _train_epoch_graphed(step: GraphedTrainStep, loader: DataLoader, device: torch.device, epoch: int, progress: bool) -> dict[str, float]:
+    """:func:`_train_epoch` through a :class:`GraphedTrainStep`: the running sums stay on the device
+    and the progress bar reads them every 25 steps (each read is a host sync)."""
+    sums: torch.Tensor | None = None
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    for batch in bar:
+        values = step(to_device(batch, device)).double()
+        sums = values if sums is None else sums + values
+        steps += 1
+        if progress and steps % 25 == 0:
+            names = ["loss", *(step.component_names or [])]
+            bar.set_postfix({k: f"{v / steps:.3g}" for k, v in zip(names, sums.tolist())}, refresh=False)
+    if sums is None:
+        return {}
+    return dict(zip(["loss", *(step.component_names or [])], (sums / steps).tolist()))
 
 
 def summarize(results: list[SeedResult]) -> dict[str, dict[str, float]]:

@@ -157,6 +157,11 @@ def test_cuda_probe_turns_a_crashing_keops_into_a_reason(monkeypatch: pytest.Mon
     CUDA 13.0) becomes a reason string here; a probe that succeeds means KeOps runs."""
     probe = keops.unavailable_reason.__wrapped__
     monkeypatch.setattr(keops, "_CUDA_PROBE", "import os, signal; print('[KeOps] compiling'); os.kill(os.getpid(), signal.SIGSEGV)")
-    assert probe("cuda") == "a KeOps CUDA reduction failed in a probe process (signal 11: [KeOps] compiling)"
+    assert probe("cuda") == (
+        "a KeOps CUDA reduction failed in a probe process (signal 11: [KeOps] compiling); "
+        "try starting Python with LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6)"
+    )
+    monkeypatch.setattr(keops, "_CUDA_PROBE", "import sys; print('no GPU'); sys.exit(1)")
+    assert probe("cuda") == "a KeOps CUDA reduction failed in a probe process (exit status 1: no GPU)"
     monkeypatch.setattr(keops, "_CUDA_PROBE", "import sys; sys.exit(0)")
     assert probe("cuda") is None

@@ -69,7 +69,12 @@ def unavailable_reason(device_type: str = "cpu") -> str | None:
     if probe.returncode != 0:
         how = f"signal {-probe.returncode}" if probe.returncode < 0 else f"exit status {probe.returncode}"
         last = ((probe.stderr.strip() or probe.stdout.strip()).splitlines() or ["no output"])[-1]
-        return f"a KeOps CUDA reduction failed in a probe process ({how}: {last})"
+        reason = f"a KeOps CUDA reduction failed in a probe process ({how}: {last})"
+        if probe.returncode == -11:
+            # Seen with CUDA 13.0 on H100/H200: KeOps' NVRTC binder crashed inside C++ stream code,
+            # and putting the system libstdc++ first in the process made it run (benchmarks/README.md).
+            reason += "; try starting Python with LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6)"
+        return reason
     return None
 
 
