@@ -37,6 +37,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="mixed precision of the network (autocast; fp16 with loss scaling)")
     parser.add_argument("--compile", action="store_const", const=True, help="run the training forward pass through torch.compile")
     parser.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_const", const=True, help="replay the whole training step from a CUDA graph (one GPU; fp32 or bf16)")
+    parser.add_argument("--protocol", dest="protocol_source", choices=["model", "shared"], help="each model's own reference protocol where the preset has one (default), or the data set's shared protocol for every model")
     parser.add_argument("--threads", type=int, help="CPU threads of this process (default: $OMP_NUM_THREADS, else torch's choice: the physical cores)")
     parser.add_argument("--output-dir", dest="output_dir", help="folder for run folders (default runs/)")
     parser.add_argument("--run-name", dest="run_name", help="run folder name (default <model>-<dataset>)")
@@ -83,6 +84,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "compile": args.compile,
         "cuda_graphs": args.cuda_graphs,
+        "protocol_source": args.protocol_source,
         "output_dir": args.output_dir,
         "run_name": args.run_name,
         "progress": args.progress,

@@ -1,4 +1,5 @@
-"""``alignkit compare``: several models, one protocol (data, split, seeds, metrics, early stopping).
+"""``alignkit compare``: several models on one data set (split, seeds, metrics), each trained with
+its own reference protocol or, with ``--protocol shared``, all with the data set's one protocol.
 
 Writes into one folder::
 
@@ -57,26 +58,35 @@ def run_comparison(configs: list[TrainConfig], *, folder: Path | None = None, re
     for config in configs:
         summaries[config.model] = run_experiment(config, run_dir=folder / config.model, resume=resume, dataset=dataset)
     metric_family = dataset_info(configs[0].dataset).metrics
-    table = write_tables(folder, summaries, configs[0])
+    table = write_tables(folder, summaries, configs)
     plot = write_bubble_plot(folder / "bubble.png", summaries, metric_family)
     return ComparisonReport(folder, table, plot)
 
 
-def write_tables(folder: Path, summaries: dict[str, dict], config: TrainConfig) -> str:
-    """``results.md`` (mean +- std) and ``results.csv`` (one row per model); returns the markdown table."""
+def protocol_summary(config: TrainConfig) -> str:
+    """One cell: where the protocol comes from and the settings that differ most between models."""
+    p = config.protocol
+    loss = "" if dataset_info(config.dataset).metrics == "classification" else f", {p.regression_loss}"
+    return f"{config.protocol_source}: lr {p.lr:g}, batch {p.batch_size}{loss}, <= {p.max_epochs} epochs, stop after {p.early_stopping_patience}"
+
+
+def write_tables(folder: Path, summaries: dict[str, dict], configs: list[TrainConfig]) -> str:
+    """``results.md`` (mean +- std, each model's protocol) and ``results.csv`` (one row per model);
+    returns the markdown table."""
+    by_model = {c.model: c for c in configs}
     metrics = list(next(iter(summaries.values()))["test"])
-    header = "| model | " + " | ".join(metrics) + " | s / seed |"
-    lines = [header, "|---" * (len(metrics) + 2) + "|"]
+    header = "| model | " + " | ".join(metrics) + " | s / seed | protocol |"
+    lines = [header, "|---" * (len(metrics) + 3) + "|"]
     for model, summary in summaries.items():
         seconds = sum(r["seconds"] for r in summary["per_seed"]) / len(summary["per_seed"])
         cells = [f"{summary['test'][m]['mean']:.4f} ± {summary['test'][m]['std']:.4f}" for m in metrics]
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {seconds:.0f} | {protocol_summary(by_model[model])} |")
     table = "\n".join(lines)
-    seeds = " ".join(str(s) for s in config.seeds)
+    seeds = " ".join(str(s) for s in configs[0].seeds)
+    protocols = "\n".join(f"- {c.model}: {json.dumps(c.protocol.model_dump())}" for c in configs)
     atomic_write_text(
         folder / "results.md",
-        f"# {config.dataset}: test metrics, mean ± std over seeds {seeds}\n\n{table}\n\n"
-        f"Protocol: {json.dumps(config.protocol.model_dump())}\n",
+        f"# {configs[0].dataset}: test metrics, mean ± std over seeds {seeds}\n\n{table}\n\nProtocols:\n{protocols}\n",
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -90,10 +90,14 @@ class TrainConfig(BaseModel):
     run_name: str | None = None
     progress: bool = True
     world_size: PositiveInt = 1  # processes that trained the run (set by the trainer; torchrun)
+    # "model": the model's own reference protocol where the preset has one (``model_protocols``);
+    # "shared": the data set's one protocol for every model (controlled comparisons).
+    protocol_source: Literal["model", "shared"] = "model"
 
 
 def load_preset(dataset: str) -> dict[str, Any]:
-    """The preset of a data set as a plain dict (``protocol`` and per-model ``model_options``)."""
+    """The preset of a data set as a plain dict: ``protocol`` (shared), per-model ``model_options``
+    and ``model_protocols`` (each model's reference settings, laid over ``protocol``)."""
     dataset_info(dataset)  # a clear error for an unknown data set
     text = resources.files("alignkit_models.presets").joinpath(f"{dataset}.yaml").read_text()
     return yaml.safe_load(text) or {}
@@ -140,27 +144,36 @@ def build_config(
     overrides: list[str] | None = None,
     **explicit: Any,
 ) -> TrainConfig:
-    """Preset < file < ``--set`` overrides < explicit keyword values (None means "not given")."""
+    """Preset < file < ``--set`` overrides < explicit keyword values (None means "not given").
+
+    The preset's protocol is the data set's shared one, with the model's own reference settings
+    (``model_protocols``) laid over it unless ``protocol_source`` is ``"shared"``.
+    """
     preset = load_preset(dataset)
-    # The preset lists options per model; keep only this model's.
-    raw: dict[str, Any] = {
-        "model": model,
-        "dataset": dataset,
-        "protocol": preset.get("protocol", {}),
-        "preprocessing": preset.get("preprocessing", {}),
-        "model_options": preset.get("model_options", {}).get(model, {}),
-    }
+    user: dict[str, Any] = {}
     if config_file is not None:
-        raw = _deep_merge(raw, read_config_file(config_file))
+        user = _deep_merge(user, read_config_file(config_file))
     for assignment in overrides or []:
-        apply_override(raw, assignment)
+        apply_override(user, assignment)
     for key, value in explicit.items():
         if value is None:
             continue
         if key in ("max_epochs", "precision", "compile", "cuda_graphs"):
-            raw.setdefault("protocol", {})[key] = value
+            user.setdefault("protocol", {})[key] = value
         else:
-            raw[key] = value
+            user[key] = value
+    protocol = preset.get("protocol", {})
+    if user.get("protocol_source", "model") == "model":
+        protocol = _deep_merge(protocol, preset.get("model_protocols", {}).get(model, {}))
+    # The preset lists options per model; keep only this model's.
+    raw: dict[str, Any] = {
+        "model": model,
+        "dataset": dataset,
+        "protocol": protocol,
+        "preprocessing": preset.get("preprocessing", {}),
+        "model_options": preset.get("model_options", {}).get(model, {}),
+    }
+    raw = _deep_merge(raw, user)
     return validate_config(raw)
 
 

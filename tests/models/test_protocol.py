@@ -178,3 +178,28 @@ def test_compiled_training_equals_eager(tmp_path: Path) -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
     assert compiled[0]["train"]["loss"] == pytest.approx(eager[0]["train"]["loss"], rel=1e-5)
     assert compiled[0]["valid"]["loss"] == pytest.approx(eager[0]["valid"]["loss"], rel=1e-5)
+
+
+def test_each_baseline_trains_with_its_own_reference_protocol_unless_shared_is_asked() -> None:
+    shared = build_config("decalign", "synthetic-mosi").protocol
+    own = build_config("mult", "synthetic-mosi").protocol
+    # MMSA's MulT on MOSI: lr 2e-3, batch 16, L1; everything the preset does not list stays shared.
+    assert (own.lr, own.batch_size, own.regression_loss) == (2e-3, 16, "l1")
+    assert own.selection_metric == shared.selection_metric and own.max_epochs == shared.max_epochs
+    assert build_config("mult", "synthetic-mosi", protocol_source="shared").protocol == shared
+    # What the user sets wins over the model's protocol.
+    assert build_config("mult", "synthetic-mosi", overrides=["protocol.lr=5e-4"]).protocol.lr == 5e-4
+    # A data set without reference settings (UCI) gives every model its one protocol.
+    assert build_config("mult", "uci-mfeat").protocol == build_config("decalign", "uci-mfeat").protocol
+
+
+def test_comparison_tables_state_each_models_protocol(tmp_path: Path) -> None:
+    from alignkit_models.training.compare import write_tables
+
+    configs = [build_config(m, "synthetic-mosi") for m in ("decalign", "tfn")] + [build_config("lmf", "synthetic-mosi", protocol_source="shared")]
+    summaries = {c.model: {"test": {"mae": {"mean": 1.0, "std": 0.0}}, "per_seed": [{"seconds": 1.0}]} for c in configs}
+    table = write_tables(tmp_path, summaries, configs)
+    assert "model: lr 6e-05, batch 32, mse" in table.splitlines()[2]
+    assert "model: lr 0.001, batch 32, l1" in table.splitlines()[3]
+    assert "shared: lr 6e-05, batch 32, mse" in table.splitlines()[4]
+    assert '- tfn: {"batch_size": 32, "lr": 0.001' in (tmp_path / "results.md").read_text()
