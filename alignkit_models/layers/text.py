@@ -2,8 +2,10 @@
 
 :class:`BertTextEncoder` runs a local Hugging Face BERT checkpoint on the int64 ``(B, L, 3)``
 token arrays that ``load_mmsa(..., text="tokens")`` produces (token id, attention mask, segment
-id per token) and returns one vector per token. ``transformers`` is optional
-(``pip install alignkit[text]``) and only imported when an encoder is built.
+id per token) and returns one vector per token, or, with ``pooling``, one vector per text: the
+first token's ([CLS], as Self-MM reads BERT) or the mean over the attention mask (as MISA does).
+``transformers`` is optional (``pip install alignkit[text]``) and only imported when an encoder
+is built.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BertTextEncoder"]
+__all__ = ["BertTextEncoder", "TextPooling"]
+
+#: What :class:`BertTextEncoder` returns: every token's vector, the first token's, or the masked mean.
+TextPooling = Literal["none", "first", "mean"]
+_POOLINGS: tuple[str, ...] = ("none", "first", "mean")
 
 _MISSING_TRANSFORMERS = "text_encoder: needs Hugging Face transformers; install alignkit[text]"
 # Longest excerpt of a transformers error quoted in our own message.
@@ -24,7 +30,8 @@ _REASON_CHARS = 200
 
 
 class BertTextEncoder(nn.Module):
-    """BERT over token ids: ``(B, L, 3)`` int64 -> ``last_hidden_state`` ``(B, L, hidden_size)``.
+    """BERT over token ids: ``(B, L, 3)`` int64 -> ``last_hidden_state`` ``(B, L, hidden_size)``,
+    or ``(B, hidden_size)`` with ``pooling``.
 
     Args:
         path: a local folder written by ``save_pretrained`` (``config.json`` with
@@ -32,10 +39,14 @@ class BertTextEncoder(nn.Module):
             (MOSI, MOSEI) or ``bert-base-chinese`` (CH-SIMS). Nothing is downloaded.
         finetune: train BERT with the rest of the model (the official default). With False
             its parameters get ``requires_grad=False`` and it runs under :func:`torch.no_grad`.
+        pooling: ``"none"`` (default) returns every token's vector ``(B, L, hidden_size)``;
+            ``"first"`` the first token's, ``[CLS]``, ``(B, hidden_size)`` (Self-MM);
+            ``"mean"`` the mean over the tokens whose attention mask is 1,
+            ``sum_t m_t h_t / sum_t m_t``, ``(B, hidden_size)`` (MISA).
 
     Attributes:
         hidden_size: width of the returned vectors (768 for BERT-base).
-        finetune: as given.
+        finetune, pooling: as given.
         bert: the ``transformers.BertModel``, loaded in float32. Its pooler is dropped: only
             ``last_hidden_state`` is used, and unused parameters would trouble
             ``DistributedDataParallel`` and weight decay.
@@ -46,11 +57,14 @@ class BertTextEncoder(nn.Module):
     Raises:
         ImportError: ``transformers`` is not installed.
         ValueError: ``path`` does not exist, or is not a BERT model folder (no ``config.json``,
-            another model type, missing or unreadable weights).
+            another model type, missing or unreadable weights); ``pooling`` is not one of
+            ``"none"``, ``"first"``, ``"mean"``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, finetune: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, finetune: bool = True, pooling: TextPooling = "none") -> None:
         super().__init__()
+        if pooling not in _POOLINGS:
+            raise ValueError(f"pooling: expected one of {_POOLINGS}, received {pooling!r}")
         try:
             import transformers
         except ImportError:
@@ -59,6 +73,7 @@ class BertTextEncoder(nn.Module):
         _check_folder(folder)
         self.bert = _load_bert(transformers, folder)
         self.finetune = bool(finetune)
+        self.pooling = pooling
         self.hidden_size = int(self.bert.config.hidden_size)
         if not self.finetune:
             self.bert.requires_grad_(False)
@@ -72,15 +87,27 @@ class BertTextEncoder(nn.Module):
 
         Returns:
             float ``(B, L, hidden_size)``: BERT's last hidden state (padding positions included;
-            mask them with ``tokens[..., 1]``).
+            mask them with ``tokens[..., 1]``); ``(B, hidden_size)`` with ``pooling``.
         """
         _check_tokens(tokens)
         tokens = tokens.long()
         inputs = {"input_ids": tokens[..., 0], "attention_mask": tokens[..., 1], "token_type_ids": tokens[..., 2]}
         if self.finetune:
-            return self.bert(**inputs).last_hidden_state
-        with torch.no_grad():
-            return self.bert(**inputs).last_hidden_state
+            hidden = self.bert(**inputs).last_hidden_state
+        else:
+            with torch.no_grad():
+                hidden = self.bert(**inputs).last_hidden_state
+        return self._pool(hidden, tokens[..., 1])
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """``hidden (B, L, H)`` reduced as ``pooling`` says, with ``attention_mask (B, L)``."""
+        if self.pooling == "first":
+            return hidden[:, 0]
+        if self.pooling == "mean":
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            # A text without any real token (all-zero mask) gives 0, not 0 / 0.
+            return (weights * hidden).sum(1) / weights.sum(1).clamp_min(1.0)
+        return hidden
 
 
 def _check_tokens(tokens: Any) -> None:

@@ -17,10 +17,13 @@ Where our version departs from the paper:
   text LSTM runs over them;
 - any number of modalities: those in ``sequence_modalities`` (default: one called ``"text"``)
   get the LSTM subnet (output ``hidden_dim // 2``, MMSA's ``text_out``), every other one the
-  utterance subnet on its masked time mean (output ``hidden_dim``);
+  utterance subnet on its masked time mean (output ``hidden_dim``); ``hidden_dim`` takes one
+  value or one per modality, as in MMSA;
 - widths smaller than MMSA's (hidden 32, rank 4) to keep the zoo light; one optimiser learning
   rate for factors and the rest (the reference uses two parameter groups);
-- padded steps are kept out by a packed LSTM and masked time means;
+- the utterance subnets start Kaiming-initialised, as in :mod:`alignkit_models.models.tfn`;
+- padded steps are kept out by a packed LSTM and masked time means; ``padding="included"``
+  treats them as data, as MMSA does;
 - factors are Xavier-normal except their constant-one row, which starts at 1 (the reference:
   all Xavier), so that the product over many modalities does not start vanishingly small;
 - ``representation`` is None: the fused vector is the prediction itself.
@@ -35,7 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.tfn import build_subnets, with_constant_one
+from alignkit_models.models.tfn import (
+    Padding,
+    build_subnets,
+    check_padding,
+    padding_masks,
+    widths_per_modality,
+    with_constant_one,
+)
 from alignkit_models.registry import register_model
 
 
@@ -78,17 +88,24 @@ def _factor_init(rank: int, rows: int, out_dim: int) -> Tensor:
     modalities="any M >= 2",
     fidelity="faithful",
     notes="768-d pre-extracted text instead of GloVe; TFN subnets with smaller widths (hidden 32, rank 4); "
-    "one learning rate for all parameters; factors' constant-one rows start at 1",
+    "one learning rate for all parameters; factors' constant-one rows start at 1; Kaiming-initialised utterance subnets",
 )
 class LMF(MultimodalModel):
     """``features[m] (B, T_m, d_m) -> prediction``: the low-rank fusion output is the prediction.
 
+    MMSA's LMF (``models/singleTask/LMF.py``, with its loader's time means) is
+    ``LMF({"text": ..., "audio": ..., "vision": ...}, hidden_dim={"text": h_t, "audio": h_a,
+    "vision": h_v}, rank=r, padding="included")``; see
+    :func:`alignkit_models.mmsa.fusion.lmf_from_mmsa_state_dict`.
+
     Args:
         input_dims, task, n_classes, regression_loss: see :class:`MultimodalModel`.
-        hidden_dim: subnet width; utterance subnets output it, sequence subnets output half of it.
+        hidden_dim: subnet width, one value or one per modality; utterance subnets output it,
+            sequence subnets output half of it.
         rank: number of rank-one terms ``r``.
         sequence_modalities: modalities encoded by the LSTM subnet (absent names are ignored).
         dropout: subnet dropout.
+        padding: ``"masked"`` keeps padded steps out; ``"included"`` treats them as data (MMSA).
     """
 
     def __init__(
@@ -98,15 +115,19 @@ class LMF(MultimodalModel):
         task: Task = "regression",
         n_classes: int | None = None,
         regression_loss: Literal["mse", "l1"] = "mse",
-        hidden_dim: int = 32,
+        hidden_dim: int | Mapping[str, int] = 32,
         rank: int = 4,
         sequence_modalities: Sequence[str] = ("text",),
         dropout: float = 0.2,
+        padding: Padding = "masked",
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
+        check_padding(padding)
+        self.padding = padding
         on_sequence = set(sequence_modalities)
-        out_dims = {m: hidden_dim // 2 if m in on_sequence else hidden_dim for m in self.modalities}
-        self.subnets = build_subnets(self.input_dims, out_dims, on_sequence, hidden_dim, dropout)
+        hidden_dims = widths_per_modality(hidden_dim, self.modalities, "hidden_dim")
+        out_dims = {m: h // 2 if m in on_sequence else h for m, h in hidden_dims.items()}
+        self.subnets = build_subnets(self.input_dims, out_dims, on_sequence, hidden_dims, dropout)
         self.factors = nn.ParameterList(
             nn.Parameter(_factor_init(rank, out_dims[m] + 1, self.output_dim)) for m in self.modalities
         )
@@ -119,7 +140,7 @@ class LMF(MultimodalModel):
         masks: Mapping[str, Tensor] | None = None,
         labels: Tensor | None = None,
     ) -> ModelOutput:
-        masks = self.check_inputs(features, masks)
+        masks = padding_masks(self.check_inputs(features, masks), self.padding)
         vectors = [self.subnets[m](features[m], masks[m]) for m in self.modalities]
         output = low_rank_fusion(vectors, list(self.factors), self.rank_weights[0], self.bias)
         return ModelOutput(self.head_output(output))

@@ -30,6 +30,15 @@ Where our version departs from the paper:
   feed-forward width is ``4 d_h`` instead of PyTorch's default 2048;
 - any number of modalities: all pairs enter ``L_sim`` and ``L_diff``, the fusion sequence has
   ``2M`` tokens; loss weights are the official code's (1.0, 0.3, 1.0).
+
+Options that give MMSA 2.2.1's network (``models/singleTask/MISA.py``; its weights load with
+:func:`alignkit_models.mmsa.bert_models.misa_from_mmsa_state_dict`): ``text_encoder=PATH`` (a
+local BERT; the text modality is then token ids and its utterance vector is BERT's masked mean,
+projected like the others), ``rnn_dim={"audio": d_a, "vision": d_v}`` (MMSA's LSTM width is the
+input width), ``fusion_feedforward_dim=2048`` and ``fusion_dropout=0.1`` (PyTorch's defaults,
+which MMSA keeps), ``hidden_dim=128``. MMSA's MOSI loss weights are ``sim_weight=0.3``,
+``diff_weight=0.1``, ``recon_weight=1.0``. MMSA packs audio and vision with the *text* lengths;
+here every modality uses its own mask (the same thing on word-aligned data).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from torch import Tensor, nn
 
 from alignkit_models.layers.sequence import run_packed
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
+from alignkit_models.models.decalign.model import per_modality
 from alignkit_models.registry import register_model
 
 
@@ -96,8 +106,9 @@ class _UtteranceEncoder(nn.Module):
     "reconstruction losses; transformer fusion of the 2M vectors.",
     modalities="any M >= 2",
     fidelity="adapted",
-    notes="no BERT fine-tuning: the pre-extracted 768-d text goes through the same BiLSTM encoder as the "
-    "other modalities; one LSTM width for all; hidden 64; fusion feed-forward 4 d_h",
+    notes="by default no BERT fine-tuning: the pre-extracted 768-d text goes through the same BiLSTM encoder as the "
+    "other modalities (text_encoder=PATH: a fine-tuned BERT's masked mean, as MMSA); one LSTM width for all; "
+    "hidden 64; fusion feed-forward 4 d_h",
 )
 class MISA(MultimodalModel):
     """``features[m] (B, T_m, d_m) -> prediction``; ``representation`` is the flattened fusion output.
@@ -105,11 +116,20 @@ class MISA(MultimodalModel):
     Args:
         input_dims, task, n_classes, regression_loss: see :class:`MultimodalModel`.
         hidden_dim: subspace width ``d_h``.
-        rnn_dim: LSTM width of every utterance encoder.
+        rnn_dim: LSTM width of every utterance encoder; one value or ``{modality: width}``
+            (modalities left out get 32).
         n_heads: heads of the fusion transformer layer (MISA: 2).
-        dropout: dropout of the fusion layer and the head.
+        dropout: dropout of the head, and of the fusion layer unless ``fusion_dropout`` is given.
         sim_weight, diff_weight, recon_weight: ``alpha``, ``beta``, ``gamma``.
         n_moments: highest CMD moment ``K``.
+        fusion_feedforward_dim: feed-forward width of the fusion layer (None: ``4 d_h``;
+            MMSA: 2048).
+        fusion_dropout: dropout inside the fusion layer (None: ``dropout``; MMSA: 0.1).
+        text_encoder: path of a local BERT folder. The ``"text"`` modality is then token ids
+            ``(B, L, 3)`` (``input_dims["text"] = 3``) and its utterance vector, before the
+            projection, is the mean of BERT's last hidden state over the attention mask, as in
+            MMSA (no LSTM for text).
+        text_encoder_finetune: train BERT's weights (else it runs frozen).
     """
 
     def __init__(
@@ -120,23 +140,52 @@ class MISA(MultimodalModel):
         n_classes: int | None = None,
         regression_loss: Literal["mse", "l1"] = "mse",
         hidden_dim: int = 64,
-        rnn_dim: int = 32,
+        rnn_dim: int | Mapping[str, int] = 32,
         n_heads: int = 2,
         dropout: float = 0.1,
         sim_weight: float = 1.0,
         diff_weight: float = 0.3,
         recon_weight: float = 1.0,
         n_moments: int = 5,
+        fusion_feedforward_dim: int | None = None,
+        fusion_dropout: float | None = None,
+        text_encoder: str | None = None,
+        text_encoder_finetune: bool = True,
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
         if len(self.modalities) < 2:
             raise ValueError(f"input_dims: MISA needs at least 2 modalities, received {list(self.modalities)}")
+        if fusion_feedforward_dim is not None and fusion_feedforward_dim < 1:
+            raise ValueError(f"fusion_feedforward_dim: expected a positive integer or None, received {fusion_feedforward_dim!r}")
+        if fusion_dropout is not None and not 0.0 <= fusion_dropout < 1.0:
+            raise ValueError(f"fusion_dropout: expected a probability in [0, 1) or None, received {fusion_dropout!r}")
         self.loss_weights = {"sim": sim_weight, "diff": diff_weight, "recon": recon_weight}
         self.n_moments = n_moments
-        self.encoders = nn.ModuleDict({m: _UtteranceEncoder(d, rnn_dim) for m, d in self.input_dims.items()})
+        rnn_dims = per_modality(rnn_dim, self.modalities, "rnn_dim", default=32)
+        for m, width in rnn_dims.items():
+            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+                raise ValueError(f"rnn_dim: expected a positive integer for {m!r}, received {width!r}")
+
+        self.text_encoder = None
+        # Width of each utterance vector before its projection: 4 h (two BiLSTM layers' final states).
+        utterance_dims = {m: 4 * rnn_dims[m] for m in self.modalities}
+        if text_encoder is not None:
+            if "text" not in self.modalities:
+                raise ValueError(f"text_encoder: needs a 'text' modality, received modalities {list(self.modalities)}")
+            from alignkit_models.layers.text import BertTextEncoder
+
+            self.text_encoder = BertTextEncoder(text_encoder, finetune=text_encoder_finetune, pooling="mean")
+            utterance_dims["text"] = self.text_encoder.hidden_size
+        self.encoders = nn.ModuleDict(
+            {
+                m: _UtteranceEncoder(d, rnn_dims[m])
+                for m, d in self.input_dims.items()
+                if not (m == "text" and self.text_encoder is not None)
+            }
+        )
         self.projections = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.Linear(4 * rnn_dim, hidden_dim), nn.ReLU(), nn.LayerNorm(hidden_dim))
+                m: nn.Sequential(nn.Linear(utterance_dims[m], hidden_dim), nn.ReLU(), nn.LayerNorm(hidden_dim))
                 for m in self.modalities
             }
         )
@@ -146,7 +195,11 @@ class MISA(MultimodalModel):
         self.shared = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.Sigmoid())
         self.reconstruct = nn.ModuleDict({m: nn.Linear(hidden_dim, hidden_dim) for m in self.modalities})
         self.fusion = nn.TransformerEncoderLayer(
-            hidden_dim, n_heads, dim_feedforward=4 * hidden_dim, dropout=dropout, batch_first=True
+            hidden_dim,
+            n_heads,
+            dim_feedforward=4 * hidden_dim if fusion_feedforward_dim is None else fusion_feedforward_dim,
+            dropout=dropout if fusion_dropout is None else fusion_dropout,
+            batch_first=True,
         )
         n_tokens = 2 * len(self.modalities)
         self.head = nn.Sequential(
@@ -162,8 +215,7 @@ class MISA(MultimodalModel):
         masks: Mapping[str, Tensor] | None = None,
         labels: Tensor | None = None,
     ) -> ModelOutput:
-        masks = self.check_inputs(features, masks)
-        utterances = {m: self.projections[m](self.encoders[m](features[m], masks[m])) for m in self.modalities}
+        utterances = self.encode(features, masks)
         private = [self.private[m](utterances[m]) for m in self.modalities]
         shared = [self.shared(utterances[m]) for m in self.modalities]
         tokens = self.fusion(torch.stack(private + shared, 1))
@@ -174,6 +226,27 @@ class MISA(MultimodalModel):
             output.components.update(components)
             output.aux_losses.update({name: self.loss_weights[name] * value for name, value in components.items()})
         return output
+
+    def check_inputs(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+        full_masks = super().check_inputs(features, masks)
+        if self.text_encoder is not None and features["text"].is_floating_point():
+            raise ValueError(
+                f"features['text']: expected token ids (B, L, 3) of an integer dtype for the BERT text encoder, "
+                f"received {features['text'].dtype}"
+            )
+        return full_masks
+
+    def encode(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The projected utterance vectors ``u_m (B, d_h)``, before the private/shared split."""
+        masks = self.check_inputs(features, masks)
+        utterances = {}
+        for m in self.modalities:
+            if m == "text" and self.text_encoder is not None:
+                raw = self.text_encoder(features[m])
+            else:
+                raw = self.encoders[m](features[m], masks[m])
+            utterances[m] = self.projections[m](raw)
+        return utterances
 
     def _auxiliary_terms(
         self, utterances: Mapping[str, Tensor], private: Sequence[Tensor], shared: Sequence[Tensor]

@@ -34,6 +34,13 @@ Where our version departs from the paper:
   ``y`` (the paper's initialisation), so its weight ``tanh(0)`` is 0, as in the paper's epoch 1;
 - classification (outside the paper, whose labels are scalar sentiment): ULGM has no meaning,
   and each unimodal head is trained with cross-entropy on the true class instead.
+
+Options that give MMSA 2.2.1's network (``models/multiTask/SELF_MM.py``; its weights load with
+:func:`alignkit_models.mmsa.bert_models.self_mm_from_mmsa_state_dict`): ``text_encoder=PATH`` (a
+local BERT; the text modality is then token ids and ``f_text`` is BERT's ``[CLS]`` vector, with
+no LSTM or linear layer after it), per-modality ``rnn_dim`` / ``feature_dim`` / ``head_dim``
+(MOSI: LSTM audio 16, vision 32; ``f`` audio 16, vision 32; heads text 32, audio 16, vision 32;
+fusion 128) and per-head ``encoder_dropout`` / ``head_dropout``.
 """
 
 from __future__ import annotations
@@ -47,7 +54,10 @@ from torch import Tensor, nn
 
 from alignkit_models.layers.sequence import SequenceEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
+from alignkit_models.models.decalign.model import per_modality
 from alignkit_models.registry import register_model
+
+PerModality = int | Mapping[str, int]
 
 _EPS = 1e-8  # the paper code's MIN, in the denominators of delta and alpha
 FUSION = "fusion"  # the name of the multimodal head among the ULGM heads
@@ -170,7 +180,8 @@ class _Head(nn.Module):
     summary="Self-MM: unimodal heads trained on unimodal labels generated from positive/negative class centres.",
     modalities="any M >= 2",
     fidelity="adapted",
-    notes="no BERT fine-tuning: 768-d text through the same LSTM as the other modalities; no sample indices "
+    notes="by default no BERT fine-tuning: 768-d text through the same LSTM as the other modalities "
+    "(text_encoder=PATH: a fine-tuned BERT's [CLS] vector, as MMSA); no sample indices "
     "in the zoo interface, so momentum (EMA) class centres, labels per batch without per-sample smoothing, "
     "generated after a 10-batch warm-up; "
     "classification: unimodal heads use cross-entropy on the true class",
@@ -180,15 +191,26 @@ class SelfMM(MultimodalModel):
 
     Args:
         input_dims, task, n_classes, regression_loss: see :class:`MultimodalModel`.
-        rnn_dim: LSTM width of every modality encoder.
-        feature_dim: width of each modality vector ``f_m`` (Linear after the LSTM).
+        rnn_dim: LSTM width of each modality encoder (one value, or ``{modality: width}``;
+            modalities left out get 32).
+        feature_dim: width of each modality vector ``f_m`` (Linear after the LSTM); one value
+            or per modality.
         fusion_dim: hidden width of the fusion head (Self-MM: 128).
-        head_dim: hidden width of each unimodal head.
-        dropout: dropout after the LSTM and at the input of every head.
+        head_dim: hidden width of each unimodal head; one value or per modality.
+        dropout: dropout after each LSTM and at the input of every head, wherever
+            ``encoder_dropout`` / ``head_dropout`` do not give one.
+        encoder_dropout: dropout between each LSTM and its Linear; one value or per modality.
+        head_dropout: dropout at the input of each head; one value or ``{name: p}`` with the
+            modalities and ``"fusion"`` as names.
         centre_momentum: momentum of the ULGM centres.
         label_bound: ``H`` (3 for MOSI/MOSEI, 1 for SIMS).
         label_warmup: training batches before unimodal labels are generated.
         unimodal_weight: weight of the summed unimodal losses (Self-MM: 1).
+        text_encoder: path of a local BERT folder. The ``"text"`` modality is then token ids
+            ``(B, L, 3)`` (``input_dims["text"] = 3``) and ``f_text`` is BERT's ``[CLS]`` vector
+            (width: BERT's hidden size; ``rnn_dim``, ``feature_dim`` and ``encoder_dropout``
+            do not apply to text), as in MMSA.
+        text_encoder_finetune: train BERT's weights (else it runs frozen).
     """
 
     def __init__(
@@ -198,32 +220,77 @@ class SelfMM(MultimodalModel):
         task: Task = "regression",
         n_classes: int | None = None,
         regression_loss: Literal["mse", "l1"] = "mse",
-        rnn_dim: int = 32,
-        feature_dim: int = 32,
+        rnn_dim: PerModality = 32,
+        feature_dim: PerModality = 32,
         fusion_dim: int = 64,
-        head_dim: int = 32,
+        head_dim: PerModality = 32,
         dropout: float = 0.1,
+        encoder_dropout: float | Mapping[str, float] | None = None,
+        head_dropout: float | Mapping[str, float] | None = None,
         centre_momentum: float = 0.9,
         label_bound: float = 3.0,
         label_warmup: int = 10,
         unimodal_weight: float = 1.0,
+        text_encoder: str | None = None,
+        text_encoder_finetune: bool = True,
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
         if FUSION in self.modalities:
             raise ValueError(f"input_dims: {FUSION!r} is reserved for the multimodal head")
         self.unimodal_weight = unimodal_weight
+        rnn_dims = _widths(rnn_dim, self.modalities, "rnn_dim")
+        feature_dims = _widths(feature_dim, self.modalities, "feature_dim")
+        head_dims = _widths(head_dim, self.modalities, "head_dim")
+        encoder_dropouts = _dropouts(encoder_dropout, dropout, self.modalities, "encoder_dropout")
+        head_dropouts = _dropouts(head_dropout, dropout, (*self.modalities, FUSION), "head_dropout")
+
+        self.text_encoder = None
+        sequence_modalities = self.modalities
+        if text_encoder is not None:
+            if "text" not in self.modalities:
+                raise ValueError(f"text_encoder: needs a 'text' modality, received modalities {list(self.modalities)}")
+            from alignkit_models.layers.text import BertTextEncoder
+
+            self.text_encoder = BertTextEncoder(text_encoder, finetune=text_encoder_finetune, pooling="first")
+            feature_dims["text"] = self.text_encoder.hidden_size
+            sequence_modalities = tuple(m for m in self.modalities if m != "text")
         self.encoders = nn.ModuleDict(
-            {m: SequenceEncoder(d, rnn_dim, pooling="last") for m, d in self.input_dims.items()}
+            {m: SequenceEncoder(self.input_dims[m], rnn_dims[m], pooling="last") for m in sequence_modalities}
         )
         self.to_features = nn.ModuleDict(
-            {m: nn.Sequential(nn.Dropout(dropout), nn.Linear(rnn_dim, feature_dim)) for m in self.modalities}
+            {
+                m: nn.Sequential(nn.Dropout(encoder_dropouts[m]), nn.Linear(rnn_dims[m], feature_dims[m]))
+                for m in sequence_modalities
+            }
         )
-        self.fusion_head = _Head(len(self.modalities) * feature_dim, fusion_dim, self.output_dim, dropout)
+        fused_dim = sum(feature_dims.values())
+        self.fusion_head = _Head(fused_dim, fusion_dim, self.output_dim, head_dropouts[FUSION])
         self.unimodal_heads = nn.ModuleDict(
-            {m: _Head(feature_dim, head_dim, self.output_dim, dropout) for m in self.modalities}
+            {m: _Head(feature_dims[m], head_dims[m], self.output_dim, head_dropouts[m]) for m in self.modalities}
         )
-        head_dims = {FUSION: fusion_dim, **dict.fromkeys(self.modalities, head_dim)}
-        self.label_generator = UnimodalLabelGenerator(head_dims, centre_momentum, label_bound, label_warmup)
+        self.label_generator = UnimodalLabelGenerator(
+            {FUSION: fusion_dim, **head_dims}, centre_momentum, label_bound, label_warmup
+        )
+
+    def check_inputs(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+        full_masks = super().check_inputs(features, masks)
+        if self.text_encoder is not None and features["text"].is_floating_point():
+            raise ValueError(
+                f"features['text']: expected token ids (B, L, 3) of an integer dtype for the BERT text encoder, "
+                f"received {features['text'].dtype}"
+            )
+        return full_masks
+
+    def encode(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The modality vectors ``f_m (B, feature_dim_m)`` that the fusion and unimodal heads read."""
+        masks = self.check_inputs(features, masks)
+        vectors = {}
+        for m in self.modalities:
+            if m == "text" and self.text_encoder is not None:
+                vectors[m] = self.text_encoder(features[m])
+            else:
+                vectors[m] = self.to_features[m](self.encoders[m](features[m], masks[m]))
+        return vectors
 
     def forward(
         self,
@@ -231,8 +298,7 @@ class SelfMM(MultimodalModel):
         masks: Mapping[str, Tensor] | None = None,
         labels: Tensor | None = None,
     ) -> ModelOutput:
-        masks = self.check_inputs(features, masks)
-        vectors = {m: self.to_features[m](self.encoders[m](features[m], masks[m])) for m in self.modalities}
+        vectors = self.encode(features, masks)
         fused = torch.cat([vectors[m] for m in self.modalities], -1)
         fusion_feature, logits = self.fusion_head(fused)
         output = ModelOutput(self.head_output(logits), representation=fused)
@@ -259,3 +325,24 @@ class SelfMM(MultimodalModel):
             weight = torch.tanh((generated[m] - target).abs())
             losses[m] = (weight * (self.head_output(z) - generated[m]).abs()).mean()
         return losses
+
+
+def _widths(value: PerModality, modalities: tuple[str, ...], name: str) -> dict[str, int]:
+    """One width per modality from one value or a ``{modality: width}`` mapping (others: 32)."""
+    widths = per_modality(value, modalities, name, default=32)
+    for m, width in widths.items():
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"{name}: expected a positive integer for {m!r}, received {width!r}")
+    return widths
+
+
+def _dropouts(
+    value: float | Mapping[str, float] | None, default: float, names: tuple[str, ...], name: str
+) -> dict[str, float]:
+    """One dropout probability per name from one value or a partial mapping (others, or all
+    when ``value`` is None: ``default``)."""
+    probabilities = per_modality(default if value is None else value, names, name, default=default)
+    for key, p in probabilities.items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name}: expected a probability in [0, 1) for {key!r}, received {p!r}")
+    return probabilities

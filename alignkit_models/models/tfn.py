@@ -17,18 +17,30 @@ Where our version departs from the paper:
 - any number of modalities: those named in ``sequence_modalities`` (default: one called
   ``"text"``, if present) get the LSTM subnet, every other one the utterance subnet on its
   masked time mean;
-- every subnet ends at one fusion width ``w`` (the reference ends at ``h_m``). By default ``w``
-  is the largest value <= 16 with ``(w + 1)^M <= max_fused_dim`` (4096): 15 for M=3, 7 for M=4,
-  4 for M=5, 3 for M=6, since the product grows as ``prod (w_m + 1)`` (6 views of width 32 would
-  give ~1.3e9 entries); an explicit ``fusion_dim`` over the budget raises an error (use LMF);
+- by default every subnet ends at one fusion width ``w`` (the reference ends at ``h_m``): the
+  largest value <= 16 with ``(w + 1)^M <= max_fused_dim`` (4096): 15 for M=3, 7 for M=4, 4 for
+  M=5, 3 for M=6, since the product grows as ``prod (w_m + 1)`` (6 views of width 32 would give
+  ~1.3e9 entries); explicit widths over the budget raise an error (use LMF). ``fusion_dim`` and
+  ``hidden_dim`` also take one value per modality, as in MMSA (e.g. audio 32, vision 128, text
+  LSTM 128 -> 32);
 - widths smaller than MMSA's (hidden 32, post-fusion 32) to keep the zoo light;
+- the utterance subnets' Linear layers start Kaiming-normal with zero bias (the reference
+  keeps PyTorch's default). With the default init each Linear-ReLU layer shrinks the second
+  moment about six-fold, so ``z_m`` starts near 0.05, the k-modal products near ``0.05^k``, and
+  a unit whose bias is negative is off for every input; the fused tensor is then almost the
+  constant 1 and the output hardly depends on the input (logit std 3e-4 over a UCI batch). TFN
+  sat at chance on UCI for one seed in five (its width-3 subnets lost their last live units)
+  and, at lr 6e-5, at the mean predictor on synthetic MOSI;
 - the regression squash ``lo + (hi - lo) sigmoid(o)`` takes its range from ``output_range``
   (default ``(-3, 3)``, the paper's; ``None`` leaves the output linear);
-- padded steps are kept out by a packed LSTM and masked time means.
+- padded steps are kept out by a packed LSTM and masked time means; ``padding="included"``
+  treats them as data instead, as MMSA does (its text LSTM runs over every step and its
+  loader averages audio and vision over the padded length).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -38,6 +50,7 @@ from torch import Tensor, nn
 from alignkit.decoupling import masked_mean
 from alignkit_models.layers.sequence import SequenceEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
+from alignkit_models.models.decalign.model import per_modality
 from alignkit_models.registry import register_model
 
 MAX_FUSION_WIDTH = 16
@@ -60,6 +73,34 @@ def tensor_fusion(vectors: Sequence[Tensor]) -> Tensor:
     return fused
 
 
+Padding = Literal["masked", "included"]
+
+
+def check_padding(padding: str) -> None:
+    """``ValueError`` unless ``padding`` is ``"masked"`` or ``"included"``."""
+    if padding not in ("masked", "included"):
+        raise ValueError(f"padding: expected 'masked' or 'included', received {padding!r}")
+
+
+def padding_masks(masks: Mapping[str, Tensor], padding: Padding) -> dict[str, Tensor]:
+    """The masks a model works with: as given (``"masked"``), or all True (``"included"``:
+    padded steps count as data, as in MMSA, whose models never see a mask)."""
+    if padding == "masked":
+        return dict(masks)
+    return {m: torch.ones_like(mask) for m, mask in masks.items()}
+
+
+def widths_per_modality(value: int | Mapping[str, int], modalities: Sequence[str], name: str) -> dict[str, int]:
+    """One positive width per modality, from a single value or a ``{modality: width}`` mapping naming each."""
+    widths = per_modality(value, tuple(modalities), name, default=None)
+    for m, width in widths.items():
+        if width is None:
+            raise ValueError(f"{name}: no width for modality {m!r} (modalities: {list(modalities)})")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"{name}: expected a positive integer for {m!r}, received {width!r}")
+    return widths
+
+
 def automatic_fusion_width(n_modalities: int, max_fused_dim: int) -> int:
     """Largest ``w <= MAX_FUSION_WIDTH`` with ``(w + 1)^M <= max_fused_dim``."""
     fitting = [w for w in range(1, MAX_FUSION_WIDTH + 1) if (w + 1) ** n_modalities <= max_fused_dim]
@@ -72,7 +113,11 @@ def automatic_fusion_width(n_modalities: int, max_fused_dim: int) -> int:
 
 
 class UtteranceSubnet(nn.Module):
-    """Masked time mean, then BatchNorm -> Dropout -> Linear-ReLU x 3: ``(B, T, d), (B, T) -> (B, out_dim)``."""
+    """Masked time mean, then BatchNorm -> Dropout -> Linear-ReLU x 3: ``(B, T, d), (B, T) -> (B, out_dim)``.
+
+    The Linear layers start Kaiming-normal (fan-in, ReLU gain) with zero bias, so that the
+    output keeps the size of the normalised input (see the module docstring for why).
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> None:
         super().__init__()
@@ -86,6 +131,10 @@ class UtteranceSubnet(nn.Module):
             nn.Linear(hidden_dim, out_dim),
             nn.ReLU(),
         )
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.layers(masked_mean(x, mask))
@@ -110,14 +159,14 @@ def build_subnets(
     input_dims: Mapping[str, int],
     out_dims: Mapping[str, int],
     sequence_modalities: Iterable[str],
-    hidden_dim: int,
+    hidden_dims: Mapping[str, int],
     dropout: float,
 ) -> nn.ModuleDict:
     """One subnet per modality: :class:`SequenceSubnet` for ``sequence_modalities``, else :class:`UtteranceSubnet`."""
     on_sequence = set(sequence_modalities)
     return nn.ModuleDict(
         {
-            m: (SequenceSubnet if m in on_sequence else UtteranceSubnet)(d, hidden_dim, out_dims[m], dropout)
+            m: (SequenceSubnet if m in on_sequence else UtteranceSubnet)(d, hidden_dims[m], out_dims[m], dropout)
             for m, d in input_dims.items()
         }
     )
@@ -136,23 +185,30 @@ def squash(output: Tensor, output_range: tuple[float, float] | None) -> Tensor:
     summary="Tensor Fusion Network: flattened outer product of [1; z_m] over modalities, then an MLP.",
     modalities="any M >= 2 (product size (w+1)^M, default width shrinks with M: 15 for 3, 3 for 6)",
     fidelity="faithful",
-    notes="768-d pre-extracted text instead of GloVe; one fusion width w capped so (w+1)^M <= 4096; "
-    "smaller widths than MMSA",
+    notes="768-d pre-extracted text instead of GloVe; one fusion width w capped so (w+1)^M <= 4096 unless "
+    "given per modality; smaller widths than MMSA; Kaiming-initialised utterance subnets",
 )
 class TFN(MultimodalModel):
-    """``features[m] (B, T_m, d_m) -> prediction``; ``representation`` is the fused tensor ``(B, (w + 1)^M)``.
+    """``features[m] (B, T_m, d_m) -> prediction``; ``representation`` is the fused tensor ``(B, prod (w_m + 1))``.
+
+    MMSA's TFN (``models/singleTask/TFN.py``, with its loader's time means) is
+    ``TFN({"text": ..., "audio": ..., "vision": ...}, hidden_dim={"text": h_t, "audio": h_a,
+    "vision": h_v}, fusion_dim={"text": text_out, "audio": h_a, "vision": h_v},
+    max_fused_dim=<the product>, post_fusion_dim=..., padding="included")``; see
+    :func:`alignkit_models.mmsa.fusion.tfn_from_mmsa_state_dict`.
 
     Args:
         input_dims, task, n_classes, regression_loss: see :class:`MultimodalModel`.
-        hidden_dim: subnet width (LSTM width for sequence modalities).
-        fusion_dim: per-modality width ``w`` entering the product; None picks it from
-            ``max_fused_dim`` (see the module docstring).
-        max_fused_dim: largest allowed product size ``(w + 1)^M``.
+        hidden_dim: subnet width (LSTM width for sequence modalities), one value or one per modality.
+        fusion_dim: width ``w_m`` each subnet outputs into the product, one value or one per
+            modality; None picks one ``w`` from ``max_fused_dim`` (see the module docstring).
+        max_fused_dim: largest allowed product size ``prod_m (w_m + 1)``.
         post_fusion_dim: width of the post-fusion MLP.
         sequence_modalities: modalities encoded by the LSTM subnet (absent names are ignored).
         dropout: subnet dropout.
         post_fusion_dropout: dropout on the fused tensor.
         output_range: regression output range of the sigmoid squash; None for a linear output.
+        padding: ``"masked"`` keeps padded steps out; ``"included"`` treats them as data (MMSA).
     """
 
     def __init__(
@@ -162,28 +218,33 @@ class TFN(MultimodalModel):
         task: Task = "regression",
         n_classes: int | None = None,
         regression_loss: Literal["mse", "l1"] = "mse",
-        hidden_dim: int = 32,
-        fusion_dim: int | None = None,
+        hidden_dim: int | Mapping[str, int] = 32,
+        fusion_dim: int | Mapping[str, int] | None = None,
         max_fused_dim: int = 4096,
         post_fusion_dim: int = 32,
         sequence_modalities: Sequence[str] = ("text",),
         dropout: float = 0.2,
         post_fusion_dropout: float = 0.3,
         output_range: tuple[float, float] | None = (-3.0, 3.0),
+        padding: Padding = "masked",
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
+        check_padding(padding)
         n_modalities = len(self.modalities)
-        width = automatic_fusion_width(n_modalities, max_fused_dim) if fusion_dim is None else fusion_dim
-        fused_dim = (width + 1) ** n_modalities
+        if fusion_dim is None:
+            fusion_dim = automatic_fusion_width(n_modalities, max_fused_dim)
+        widths = widths_per_modality(fusion_dim, self.modalities, "fusion_dim")
+        fused_dim = math.prod(w + 1 for w in widths.values())
         if fused_dim > max_fused_dim:
             raise ValueError(
-                f"fusion_dim: ({fusion_dim} + 1)^{n_modalities} = {fused_dim} exceeds max_fused_dim={max_fused_dim}; "
+                f"fusion_dim: prod(w_m + 1) over {widths} = {fused_dim} exceeds max_fused_dim={max_fused_dim}; "
                 "lower it, raise max_fused_dim, or use the linear-cost 'lmf' model"
             )
+        self.padding = padding
+        self.fusion_dims = widths
         self.output_range = output_range if task == "regression" else None
-        self.subnets = build_subnets(
-            self.input_dims, dict.fromkeys(self.modalities, width), sequence_modalities, hidden_dim, dropout
-        )
+        hidden_dims = widths_per_modality(hidden_dim, self.modalities, "hidden_dim")
+        self.subnets = build_subnets(self.input_dims, widths, sequence_modalities, hidden_dims, dropout)
         self.post_fusion = nn.Sequential(
             nn.Dropout(post_fusion_dropout),
             nn.Linear(fused_dim, post_fusion_dim),
@@ -199,7 +260,7 @@ class TFN(MultimodalModel):
         masks: Mapping[str, Tensor] | None = None,
         labels: Tensor | None = None,
     ) -> ModelOutput:
-        masks = self.check_inputs(features, masks)
+        masks = padding_masks(self.check_inputs(features, masks), self.padding)
         fused = tensor_fusion([self.subnets[m](features[m], masks[m]) for m in self.modalities])
         output = squash(self.post_fusion(fused), self.output_range)
         return ModelOutput(self.head_output(output), representation=fused)
