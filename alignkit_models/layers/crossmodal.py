@@ -28,8 +28,13 @@ class PairwiseCrossModal(nn.Module):
         n_heads: attention heads (divides ``d``, hence also ``(M-1) d``).
         n_layers: layers of each cross-modal transformer.
         memory_layers: layers of each memory transformer (MulT: ``max(n_layers, 3)``).
-        attn_dropout, relu_dropout, res_dropout, embed_dropout, future_mask: see
-            :class:`CrossModalEncoder`.
+        attn_dropout: attention dropout of the cross-modal transformers: one rate, or one per
+            *source* modality (MulT's ``attn_dropout_a`` for every transformer that attends to
+            audio, and so on).
+        memory_attn_dropout: attention dropout of the memory transformers; None = ``attn_dropout``
+            (which must then be a single rate).
+        relu_dropout, res_dropout, embed_dropout, future_mask, positions,
+            independent_key_value_dropout: see :class:`CrossModalEncoder`.
     """
 
     def __init__(
@@ -40,34 +45,48 @@ class PairwiseCrossModal(nn.Module):
         n_layers: int,
         memory_layers: int,
         *,
-        attn_dropout: float = 0.1,
+        attn_dropout: float | Mapping[str, float] = 0.1,
+        memory_attn_dropout: float | None = None,
         relu_dropout: float = 0.1,
         res_dropout: float = 0.1,
         embed_dropout: float = 0.1,
         future_mask: bool = False,
+        positions: bool = True,
+        independent_key_value_dropout: bool = False,
     ) -> None:
         super().__init__()
         if len(modalities) < 2:
             raise ValueError(f"modalities: expected at least 2, received {list(modalities)}")
         self.modalities = tuple(modalities)
         self.output_dim = (len(self.modalities) - 1) * dim
+        if isinstance(attn_dropout, Mapping):
+            if set(attn_dropout) != set(self.modalities):
+                raise ValueError(f"attn_dropout: expected one rate per modality {list(self.modalities)}, received {sorted(attn_dropout)}")
+            if memory_attn_dropout is None:
+                raise ValueError("memory_attn_dropout: required when attn_dropout gives one rate per modality")
+        source_dropout = attn_dropout if isinstance(attn_dropout, Mapping) else dict.fromkeys(self.modalities, attn_dropout)
         options = {
-            "attn_dropout": attn_dropout,
             "relu_dropout": relu_dropout,
             "res_dropout": res_dropout,
             "embed_dropout": embed_dropout,
             "future_mask": future_mask,
+            "positions": positions,
+            "independent_key_value_dropout": independent_key_value_dropout,
         }
         self.cross = nn.ModuleDict(
             {
-                self.pair_key(target, source): CrossModalEncoder(dim, n_heads, n_layers, **options)
+                self.pair_key(target, source): CrossModalEncoder(
+                    dim, n_heads, n_layers, attn_dropout=source_dropout[source], **options
+                )
                 for target in self.modalities
                 for source in self.modalities
                 if source != target
             }
         )
+        # With a single rate every entry of source_dropout is that rate.
+        memory_dropout = source_dropout[self.modalities[0]] if memory_attn_dropout is None else memory_attn_dropout
         self.memory = nn.ModuleDict(
-            {m: CrossModalEncoder(self.output_dim, n_heads, memory_layers, **options) for m in self.modalities}
+            {m: CrossModalEncoder(self.output_dim, n_heads, memory_layers, attn_dropout=memory_dropout, **options) for m in self.modalities}
         )
 
     @staticmethod

@@ -45,17 +45,17 @@ from typing import Any
 
 from torch import Tensor
 
-from alignkit_models.mmsa.fusion import (
+from alignkit_models.mmsa._common import (
     MODALITIES,
-    _check_keys,
-    _clean,
-    _linear_keys,
-    _load,
-    _lstm_keys,
-    _merge_options,
-    _reorder_blocks,
-    _task_options,
-    _tensor,
+    check_keys,
+    clean_state_dict,
+    linear_keys,
+    load_converted,
+    lstm_keys,
+    merge_options,
+    reorder_blocks,
+    task_options,
+    weight_tensor,
 )
 from alignkit_models.models.misa import MISA
 from alignkit_models.models.self_mm import FUSION, SelfMM
@@ -87,14 +87,14 @@ def _bert_part(state: Mapping[str, Tensor], prefix: str) -> tuple[dict[str, Tens
 
 def _bilstm_keys(layer: str) -> set[str]:
     """The keys of a one-layer bidirectional ``nn.LSTM`` named ``layer``."""
-    forward = _lstm_keys(layer, 1)
+    forward = lstm_keys(layer, 1)
     return forward | {f"{key}_reverse" for key in forward}
 
 
 def _lstm_widths(state: Mapping[str, Tensor], layer: str) -> tuple[int, int]:
     """``(input width, hidden width)`` of the LSTM ``layer``; a GRU (``rnncell="gru"``) is refused."""
-    weight_ih = _tensor(state, f"{layer}.weight_ih_l0", 2)  # (4 H, d_in)
-    weight_hh = _tensor(state, f"{layer}.weight_hh_l0", 2)  # (4 H, H)
+    weight_ih = weight_tensor(state, f"{layer}.weight_ih_l0", 2)  # (4 H, d_in)
+    weight_hh = weight_tensor(state, f"{layer}.weight_hh_l0", 2)  # (4 H, H)
     hidden = int(weight_hh.shape[1])
     if weight_ih.shape[0] != 4 * hidden or weight_hh.shape[0] != 4 * hidden:
         raise ValueError(
@@ -124,10 +124,10 @@ SELF_MM_DEFAULTS: dict[str, Any] = {
 _SELF_MM_HEAD_LAYERS = {"1": "first.1", "2": "rest.0", "3": "rest.2"}
 _SELF_MM_HEADS = {"fusion": "fusion_head", "text": "unimodal_heads.text", "audio": "unimodal_heads.audio", "video": "unimodal_heads.vision"}
 SELF_MM_KEYS = (
-    _lstm_keys("audio_model.rnn", 1)
-    | _lstm_keys("video_model.rnn", 1)
-    | _linear_keys("audio_model.linear_1", "video_model.linear_1")
-    | _linear_keys(*(f"post_{head}_layer_{i}" for head in _SELF_MM_HEADS for i in (1, 2, 3)))
+    lstm_keys("audio_model.rnn", 1)
+    | lstm_keys("video_model.rnn", 1)
+    | linear_keys("audio_model.linear_1", "video_model.linear_1")
+    | linear_keys(*(f"post_{head}_layer_{i}" for head in _SELF_MM_HEADS for i in (1, 2, 3)))
 )
 """Every key of MMSA's ``SELF_MM.state_dict()`` outside its BERT (``text_model.model.*``)."""
 
@@ -139,9 +139,9 @@ def convert_mmsa_self_mm_state_dict(state_dict: Mapping[str, Any], model: SelfMM
     layer takes ``[f_text; f_audio; f_video]`` in MMSA; its column blocks are rearranged to
     ``model.modalities`` order. The label generator's buffers are ``model``'s own.
     """
-    state = _clean(state_dict, "SELF_MM")
+    state = clean_state_dict(state_dict, "SELF_MM")
     converted, rest = _bert_part(state, "text_model.model.")
-    _check_keys(rest, SELF_MM_KEYS, "SELF_MM")
+    check_keys(rest, SELF_MM_KEYS, "SELF_MM")
     if model.text_encoder is None:
         raise ValueError("model: MMSA's Self-MM reads text with BERT; build the model with text_encoder=PATH")
     widths = {m: head.first[1].in_features for m, head in model.unimodal_heads.items()}
@@ -154,7 +154,7 @@ def convert_mmsa_self_mm_state_dict(state_dict: Mapping[str, Any], model: SelfMM
         else:  # post_<head>_layer_<i>
             head, index = name.removeprefix("post_").rsplit("_layer_", 1)
             if key == "post_fusion_layer_1.weight":
-                value = _reorder_blocks(value, widths, SELF_MM_CONCAT_ORDER, model.modalities)
+                value = reorder_blocks(value, widths, SELF_MM_CONCAT_ORDER, model.modalities)
             converted[f"{_SELF_MM_HEADS[head]}.{_SELF_MM_HEAD_LAYERS[index]}.{part}"] = value
     # MMSA's trainer, not its model, holds the class centres (and drops them after training):
     # the model keeps its own, empty until its first training batch.
@@ -184,28 +184,28 @@ def self_mm_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) 
             options that disagree with the weights.
     """
     _require_text_encoder(options, "Self-MM")
-    state = _clean(state_dict, "SELF_MM")
+    state = clean_state_dict(state_dict, "SELF_MM")
     _, rest = _bert_part(state, "text_model.model.")
-    _check_keys(rest, SELF_MM_KEYS, "SELF_MM")
+    check_keys(rest, SELF_MM_KEYS, "SELF_MM")
     input_dims: dict[str, int] = {"text": 3}  # token ids, attention mask, segment ids
     rnn_dims, feature_dims = {}, {}
     for source in ("audio", "video"):
         modality = MODALITIES[source]
         input_dims[modality], rnn_dims[modality] = _lstm_widths(rest, f"{source}_model.rnn")
-        feature_dims[modality] = int(_tensor(rest, f"{source}_model.linear_1.weight", 2).shape[0])
-    last = _tensor(rest, "post_fusion_layer_3.weight", 2)
+        feature_dims[modality] = int(weight_tensor(rest, f"{source}_model.linear_1.weight", 2).shape[0])
+    last = weight_tensor(rest, "post_fusion_layer_3.weight", 2)
     if last.shape[0] != 1:
         raise ValueError(f"state_dict['post_fusion_layer_3.weight']: expected one output (MMSA's Self-MM regresses), received shape {tuple(last.shape)}")
     inferred = {
         "input_dims": input_dims,
         "rnn_dim": rnn_dims,
         "feature_dim": feature_dims,
-        "fusion_dim": int(_tensor(rest, "post_fusion_layer_1.weight", 2).shape[0]),
-        "head_dim": {MODALITIES[h]: int(_tensor(rest, f"post_{h}_layer_1.weight", 2).shape[0]) for h in ("text", "audio", "video")},
-        **_task_options(1),
+        "fusion_dim": int(weight_tensor(rest, "post_fusion_layer_1.weight", 2).shape[0]),
+        "head_dim": {MODALITIES[h]: int(weight_tensor(rest, f"post_{h}_layer_1.weight", 2).shape[0]) for h in ("text", "audio", "video")},
+        **task_options(1),
     }
-    model = SelfMM(**_merge_options(inferred, options, SELF_MM_DEFAULTS))
-    _load(model, convert_mmsa_self_mm_state_dict(state, model))
+    model = SelfMM(**merge_options(inferred, options, SELF_MM_DEFAULTS))
+    load_converted(model, convert_mmsa_self_mm_state_dict(state, model))
     return model
 
 
@@ -236,15 +236,15 @@ _MISA_TRANSFORMER_PARTS = (
     "norm2.weight",
     "norm2.bias",
 )
-_MISA_DROPPED_ALWAYS = _linear_keys("tlayer_norm", "sp_discriminator.sp_discriminator_layer_1")
-_MISA_DISCRIMINATOR = _linear_keys("discriminator.discriminator_layer_1", "discriminator.discriminator_layer_2")
+_MISA_DROPPED_ALWAYS = linear_keys("tlayer_norm", "sp_discriminator.sp_discriminator_layer_1")
+_MISA_DISCRIMINATOR = linear_keys("discriminator.discriminator_layer_1", "discriminator.discriminator_layer_2")
 MISA_KEYS = (
     set().union(*(_bilstm_keys(f"{x}rnn{i}") for x in "va" for i in (1, 2)))
-    | _linear_keys("vlayer_norm", "alayer_norm")
-    | _linear_keys(*(f"project_{x}.project_{x}" for x in "tva"), *(f"project_{x}.project_{x}_layer_norm" for x in "tva"))
-    | _linear_keys(*_MISA_PRIVATE.values(), "shared.shared_1", *(f"recon_{x}.recon_{x}_1" for x in "tva"))
+    | linear_keys("vlayer_norm", "alayer_norm")
+    | linear_keys(*(f"project_{x}.project_{x}" for x in "tva"), *(f"project_{x}.project_{x}_layer_norm" for x in "tva"))
+    | linear_keys(*_MISA_PRIVATE.values(), "shared.shared_1", *(f"recon_{x}.recon_{x}_1" for x in "tva"))
     | {f"transformer_encoder.layers.0.{part}" for part in _MISA_TRANSFORMER_PARTS}
-    | _linear_keys("fusion.fusion_layer_1", "fusion.fusion_layer_3")
+    | linear_keys("fusion.fusion_layer_1", "fusion.fusion_layer_3")
     | _MISA_DROPPED_ALWAYS
 )
 """Every key of MMSA's ``MISA.state_dict()`` outside its BERT (``bertmodel.model.*``), with ``use_cmd_sim=True``."""
@@ -277,7 +277,7 @@ def _misa_rest(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """MISA's parameters outside BERT, their key set checked (the discriminator optional, as a whole)."""
     _, rest = _bert_part(state, "bertmodel.model.")
     expected = MISA_KEYS | (_MISA_DISCRIMINATOR if _MISA_DISCRIMINATOR & set(rest) else set())
-    _check_keys(rest, expected, "MISA")
+    check_keys(rest, expected, "MISA")
     return rest
 
 
@@ -288,7 +288,7 @@ def convert_mmsa_misa_state_dict(state_dict: Mapping[str, Any], model: MISA) -> 
     the flattened tokens ``[p_t, p_v, p_a, s_t, s_v, s_a]`` in MMSA; its column blocks are
     rearranged to ``[p_m for m in model.modalities] + [s_m ...]``.
     """
-    state = _clean(state_dict, "MISA")
+    state = clean_state_dict(state_dict, "MISA")
     converted, _ = _bert_part(state, "bertmodel.model.")
     rest = _misa_rest(state)
     if model.text_encoder is None:
@@ -301,7 +301,7 @@ def convert_mmsa_misa_state_dict(state_dict: Mapping[str, Any], model: MISA) -> 
         if name is None:
             continue
         if key == "fusion.fusion_layer_1.weight":
-            value = _reorder_blocks(value, dict.fromkeys(blocks, hidden), blocks, ours)
+            value = reorder_blocks(value, dict.fromkeys(blocks, hidden), blocks, ours)
         converted[name] = value
     return converted
 
@@ -329,7 +329,7 @@ def misa_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> 
             that disagree with the weights.
     """
     _require_text_encoder(options, "MISA")
-    state = _clean(state_dict, "MISA")
+    state = clean_state_dict(state_dict, "MISA")
     rest = _misa_rest(state)
     input_dims: dict[str, int] = {"text": 3}  # token ids, attention mask, segment ids
     rnn_dims = {}
@@ -339,10 +339,10 @@ def misa_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> 
     inferred = {
         "input_dims": {m: input_dims[m] for m in ("text", "audio", "vision")},
         "rnn_dim": rnn_dims,
-        "hidden_dim": int(_tensor(rest, "shared.shared_1.weight", 2).shape[0]),
-        "fusion_feedforward_dim": int(_tensor(rest, "transformer_encoder.layers.0.linear1.weight", 2).shape[0]),
-        **_task_options(int(_tensor(rest, "fusion.fusion_layer_3.weight", 2).shape[0])),
+        "hidden_dim": int(weight_tensor(rest, "shared.shared_1.weight", 2).shape[0]),
+        "fusion_feedforward_dim": int(weight_tensor(rest, "transformer_encoder.layers.0.linear1.weight", 2).shape[0]),
+        **task_options(int(weight_tensor(rest, "fusion.fusion_layer_3.weight", 2).shape[0])),
     }
-    model = MISA(**_merge_options(inferred, options, MISA_DEFAULTS))
-    _load(model, convert_mmsa_misa_state_dict(state, model))
+    model = MISA(**merge_options(inferred, options, MISA_DEFAULTS))
+    load_converted(model, convert_mmsa_misa_state_dict(state, model))
     return model

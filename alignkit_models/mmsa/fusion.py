@@ -51,15 +51,25 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from alignkit_models.mmsa._common import (
+    MODALITIES,
+    check_keys,
+    clean_state_dict,
+    linear_keys,
+    load_converted,
+    lstm_keys,
+    merge_options,
+    reorder_blocks,
+    task_options,
+    weight_tensor,
+)
 from alignkit_models.models.early_fusion import EarlyFusion
 from alignkit_models.models.late_fusion import LateFusion
 from alignkit_models.models.lmf import LMF
 from alignkit_models.models.tfn import TFN
 
-MODALITIES = {"text": "text", "audio": "audio", "video": "vision"}
 """MMSA's modality names -> ours, in MMSA's ``feature_dims`` order."""
 FUSION_ORDER = ("audio", "vision", "text")
 """The order in which MMSA's TFN, LMF and LF-DNN fuse the subnet outputs."""
@@ -74,70 +84,29 @@ _LSTM_LAYER = re.compile(r"lstm\.(?:weight|bias)_(?:ih|hh)_l(\d+)")
 # --- shared helpers ------------------------------------------------------------------------------
 
 
-def _clean(state_dict: Mapping[str, Any], model_name: str) -> dict[str, Any]:
-    """The ``state_dict`` without a ``"module."`` / ``"Model."`` prefix (``DataParallel``, MMSA's ``AMIO``)."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"state_dict: expected a mapping of parameter names to tensors, received {type(state_dict).__name__}")
-    state = {key.removeprefix("module.").removeprefix("Model."): value for key, value in state_dict.items()}
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise ValueError(f"state_dict[{key!r}]: expected a tensor, received {type(value).__name__} ({model_name} checkpoint)")
-    return state
-
-
-def _linear_keys(*layers: str) -> set[str]:
-    return {f"{layer}.{part}" for layer in layers for part in ("weight", "bias")}
-
-
 def _batchnorm_keys(layer: str) -> set[str]:
     return {f"{layer}.{part}" for part in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
 
 
-def _lstm_keys(layer: str, n_layers: int) -> set[str]:
-    return {f"{layer}.{kind}_{gate}_l{i}" for i in range(n_layers) for kind in ("weight", "bias") for gate in ("ih", "hh")}
-
-
 def _subnet_keys() -> set[str]:
     """The keys of TFN's three subnets in MMSA (shared by TFN, LMF and LF-DNN)."""
-    keys = _lstm_keys("text_subnet.rnn", 1) | _linear_keys("text_subnet.linear_1")
+    keys = lstm_keys("text_subnet.rnn", 1) | linear_keys("text_subnet.linear_1")
     for name in ("audio", "video"):
-        keys |= _batchnorm_keys(f"{name}_subnet.norm") | _linear_keys(*(f"{name}_subnet.linear_{i}" for i in (1, 2, 3)))
+        keys |= _batchnorm_keys(f"{name}_subnet.norm") | linear_keys(*(f"{name}_subnet.linear_{i}" for i in (1, 2, 3)))
     return keys
-
-
-def _check_keys(state: Mapping[str, Tensor], expected: set[str], model_name: str) -> None:
-    """``ValueError`` naming the first key of ``state`` that MMSA's model does not have, or the first one missing."""
-    unexpected, missing = sorted(set(state) - expected), sorted(expected - set(state))
-    if unexpected:
-        raise ValueError(f"state_dict: unexpected parameter {unexpected[0]!r}; is this a checkpoint of MMSA's {model_name}?")
-    if missing:
-        raise ValueError(f"state_dict: missing {missing[0]!r}; is this a checkpoint of MMSA's {model_name}?")
-
-
-def _tensor(state: Mapping[str, Tensor], key: str, ndim: int) -> Tensor:
-    """``state[key]`` (the key set is checked first), with ``ndim`` dimensions."""
-    value = state[key]
-    if value.ndim != ndim:
-        raise ValueError(f"state_dict[{key!r}]: expected {ndim} dimensions, received shape {tuple(value.shape)}")
-    return value
-
-
-def _task_options(n_outputs: int) -> dict[str, Any]:
-    """MMSA builds ``num_classes`` outputs for classification and one for regression."""
-    return {"task": "classification", "n_classes": n_outputs} if n_outputs > 1 else {"task": "regression"}
 
 
 def _subnet_options(state: Mapping[str, Tensor]) -> dict[str, dict[str, int]]:
     """Input widths, subnet widths and subnet output widths of TFN's subnets, read from their shapes."""
-    rnn = _tensor(state, "text_subnet.rnn.weight_ih_l0", 2)  # (4 H, d_text)
-    text_out = _tensor(state, "text_subnet.linear_1.weight", 2)  # (text_out, H)
+    rnn = weight_tensor(state, "text_subnet.rnn.weight_ih_l0", 2)  # (4 H, d_text)
+    text_out = weight_tensor(state, "text_subnet.linear_1.weight", 2)  # (text_out, H)
     input_dims = {"text": int(rnn.shape[1])}
     hidden = {"text": int(rnn.shape[0]) // 4}
     out = {"text": int(text_out.shape[0])}
     for name in ("audio", "video"):
         modality = MODALITIES[name]
-        input_dims[modality] = int(_tensor(state, f"{name}_subnet.norm.weight", 1).shape[0])
-        hidden[modality] = out[modality] = int(_tensor(state, f"{name}_subnet.linear_1.weight", 2).shape[0])
+        input_dims[modality] = int(weight_tensor(state, f"{name}_subnet.norm.weight", 1).shape[0])
+        hidden[modality] = out[modality] = int(weight_tensor(state, f"{name}_subnet.linear_1.weight", 2).shape[0])
     return {"input_dims": input_dims, "hidden_dim": hidden, "out": out}
 
 
@@ -152,44 +121,11 @@ def _subnet_key(key: str, prefix: str) -> str | None:
     return None
 
 
-def _reorder_blocks(weight: Tensor, widths: Mapping[str, int], source: Sequence[str], target: Sequence[str]) -> Tensor:
-    """Columns of ``weight (out, sum widths)`` laid out as modality blocks in ``source`` order, rearranged to ``target`` order."""
-    blocks = dict(zip(source, weight.split([widths[m] for m in source], dim=1), strict=True))
-    return torch.cat([blocks[m] for m in target], dim=1)
-
-
 def _reorder_product(weight: Tensor, sizes: Mapping[str, int], source: Sequence[str], target: Sequence[str]) -> Tensor:
     """Columns of ``weight (out, prod sizes)`` indexing a flattened outer product in ``source``
     order (first modality slowest), rearranged to the product in ``target`` order."""
     tensor = weight.reshape(weight.shape[0], *(sizes[m] for m in source))
     return tensor.permute(0, *(1 + source.index(m) for m in target)).reshape(weight.shape[0], -1)
-
-
-def _merge_options(inferred: dict[str, Any], options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """MMSA defaults < caller's options < what the weights fix; ``input_dims`` may be given in
-    another order, and anything else the weights fix must agree with them."""
-    given = dict(options)
-    if "input_dims" in given:
-        order = dict(given.pop("input_dims"))
-        if order != inferred["input_dims"]:
-            raise ValueError(f"input_dims: the checkpoint has {inferred['input_dims']}, received {order}")
-        inferred = {**inferred, "input_dims": order}
-    clashes = sorted(k for k in set(inferred) & set(given) if given[k] != inferred[k])
-    if clashes:
-        raise ValueError(f"{clashes[0]}: the checkpoint has {inferred[clashes[0]]!r}, received {given[clashes[0]]!r}")
-    return {**defaults, **given, **inferred}
-
-
-def _load(model: nn.Module, converted: Mapping[str, Tensor]) -> None:
-    """Load ``converted`` into ``model``; a missing, unexpected or misshapen entry is one ``ValueError``."""
-    try:
-        missing, unexpected = model.load_state_dict(converted, strict=False)
-    except RuntimeError as error:  # shape mismatches: report the first one in one line
-        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
-        raise ValueError(f"state_dict: does not fit the options given ({detail})") from None
-    problems = [f"missing {k!r}" for k in missing] + [f"unexpected {k!r}" for k in unexpected]
-    if problems:
-        raise ValueError(f"state_dict: does not match the model built from it ({'; '.join(problems[:3])})")
 
 
 # --- TFN -----------------------------------------------------------------------------------------
@@ -201,7 +137,7 @@ _TFN_LAYERS = {
     "post_fusion_layer_2": "post_fusion.3",
     "post_fusion_layer_3": "post_fusion.5",
 }
-TFN_KEYS = _subnet_keys() | _linear_keys(*_TFN_LAYERS) | {"output_range", "output_shift"}
+TFN_KEYS = _subnet_keys() | linear_keys(*_TFN_LAYERS) | {"output_range", "output_shift"}
 """Every key of MMSA's ``TFN.state_dict()``."""
 
 
@@ -212,8 +148,8 @@ def convert_mmsa_tfn_state_dict(state_dict: Mapping[str, Any], model: TFN) -> di
     are permuted to the product in ``model.modalities`` order. ``output_range`` and
     ``output_shift`` are constants, not parameters of ours (see :func:`tfn_from_mmsa_state_dict`).
     """
-    state = _clean(state_dict, "TFN")
-    _check_keys(state, TFN_KEYS, "TFN")
+    state = clean_state_dict(state_dict, "TFN")
+    check_keys(state, TFN_KEYS, "TFN")
     sizes = {m: w + 1 for m, w in model.fusion_dims.items()}  # the axes of the product
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -244,11 +180,11 @@ def tfn_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> T
     Raises:
         ValueError: a key or shape MMSA's TFN does not have, or options that disagree with the weights.
     """
-    state = _clean(state_dict, "TFN")
-    _check_keys(state, TFN_KEYS, "TFN")
+    state = clean_state_dict(state_dict, "TFN")
+    check_keys(state, TFN_KEYS, "TFN")
     shapes = _subnet_options(state)
-    first = _tensor(state, "post_fusion_layer_1.weight", 2)
-    n_outputs = int(_tensor(state, "post_fusion_layer_3.weight", 2).shape[0])
+    first = weight_tensor(state, "post_fusion_layer_1.weight", 2)
+    n_outputs = int(weight_tensor(state, "post_fusion_layer_3.weight", 2).shape[0])
     fused_dim = math.prod(w + 1 for w in shapes["out"].values())
     if first.shape[1] != fused_dim:
         raise ValueError(
@@ -261,13 +197,13 @@ def tfn_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> T
         "fusion_dim": shapes["out"],
         "max_fused_dim": fused_dim,
         "post_fusion_dim": int(first.shape[0]),
-        **_task_options(n_outputs),
+        **task_options(n_outputs),
     }
     if n_outputs == 1:
-        low = float(_tensor(state, "output_shift", 1)[0])
-        inferred["output_range"] = (low, low + float(_tensor(state, "output_range", 1)[0]))
-    model = TFN(**_merge_options(inferred, options, TFN_DEFAULTS))
-    _load(model, convert_mmsa_tfn_state_dict(state, model))
+        low = float(weight_tensor(state, "output_shift", 1)[0])
+        inferred["output_range"] = (low, low + float(weight_tensor(state, "output_range", 1)[0]))
+    model = TFN(**merge_options(inferred, options, TFN_DEFAULTS))
+    load_converted(model, convert_mmsa_tfn_state_dict(state, model))
     return model
 
 
@@ -281,8 +217,8 @@ LMF_KEYS = _subnet_keys() | {"audio_factor", "video_factor", "text_factor", "fus
 
 def convert_mmsa_lmf_state_dict(state_dict: Mapping[str, Any], model: LMF) -> dict[str, Tensor]:
     """MMSA's LMF ``state_dict`` renamed to ``model``'s parameter names (factors in ``model.modalities`` order)."""
-    state = _clean(state_dict, "LMF")
-    _check_keys(state, LMF_KEYS, "LMF")
+    state = clean_state_dict(state_dict, "LMF")
+    check_keys(state, LMF_KEYS, "LMF")
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         if (name := _subnet_key(key, "subnets")) is not None:
@@ -312,10 +248,10 @@ def lmf_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> L
     Raises:
         ValueError: a key or shape MMSA's LMF does not have, or options that disagree with the weights.
     """
-    state = _clean(state_dict, "LMF")
-    _check_keys(state, LMF_KEYS, "LMF")
+    state = clean_state_dict(state_dict, "LMF")
+    check_keys(state, LMF_KEYS, "LMF")
     shapes = _subnet_options(state)
-    audio_factor = _tensor(state, "audio_factor", 3)  # (r, h_a + 1, d_out)
+    audio_factor = weight_tensor(state, "audio_factor", 3)  # (r, h_a + 1, d_out)
     if shapes["out"]["text"] != shapes["hidden_dim"]["text"] // 2:
         raise ValueError(
             f"state_dict['text_subnet.linear_1.weight']: LMF's text subnet outputs half its LSTM width "
@@ -325,10 +261,10 @@ def lmf_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> L
         "input_dims": shapes["input_dims"],
         "hidden_dim": shapes["hidden_dim"],
         "rank": int(audio_factor.shape[0]),
-        **_task_options(int(audio_factor.shape[2])),
+        **task_options(int(audio_factor.shape[2])),
     }
-    model = LMF(**_merge_options(inferred, options, LMF_DEFAULTS))
-    _load(model, convert_mmsa_lmf_state_dict(state, model))
+    model = LMF(**merge_options(inferred, options, LMF_DEFAULTS))
+    load_converted(model, convert_mmsa_lmf_state_dict(state, model))
     return model
 
 
@@ -341,7 +277,7 @@ _EF_LSTM_LAYERS = {"norm": "step_norm", "lstm": "encoder.lstm", "linear": "head.
 
 def ef_lstm_keys(n_layers: int) -> set[str]:
     """Every key of MMSA's ``EF_LSTM.state_dict()`` with ``n_layers`` LSTM layers."""
-    return _batchnorm_keys("norm") | _lstm_keys("lstm", n_layers) | _linear_keys("linear", "out")
+    return _batchnorm_keys("norm") | lstm_keys("lstm", n_layers) | linear_keys("linear", "out")
 
 
 def convert_mmsa_ef_lstm_state_dict(state_dict: Mapping[str, Any], model: EarlyFusion) -> dict[str, Tensor]:
@@ -350,13 +286,13 @@ def convert_mmsa_ef_lstm_state_dict(state_dict: Mapping[str, Any], model: EarlyF
     The first LSTM layer's input columns are blocks text, audio, video in MMSA; they are
     rearranged to ``model.modalities`` order.
     """
-    state = _clean(state_dict, "EF_LSTM")
-    _check_keys(state, ef_lstm_keys(model.encoder.lstm.num_layers), "EF_LSTM")
+    state = clean_state_dict(state_dict, "EF_LSTM")
+    check_keys(state, ef_lstm_keys(model.encoder.lstm.num_layers), "EF_LSTM")
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         layer, part = key.split(".")
         if key == "lstm.weight_ih_l0":
-            value = _reorder_blocks(value, model.input_dims, CONCAT_ORDER, model.modalities)
+            value = reorder_blocks(value, model.input_dims, CONCAT_ORDER, model.modalities)
         converted[f"{_EF_LSTM_LAYERS[layer]}.{part}"] = value
     return converted
 
@@ -380,16 +316,16 @@ def early_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: 
         ValueError: a key or shape MMSA's EF-LSTM does not have, missing ``input_dims``, or
             options that disagree with the weights.
     """
-    state = _clean(state_dict, "EF_LSTM")
+    state = clean_state_dict(state_dict, "EF_LSTM")
     n_layers = 1 + max((int(m.group(1)) for key in state if (m := _LSTM_LAYER.fullmatch(key))), default=0)
-    _check_keys(state, ef_lstm_keys(n_layers), "EF_LSTM")
+    check_keys(state, ef_lstm_keys(n_layers), "EF_LSTM")
     given = dict(options)
     if "input_dims" not in given:
         raise ValueError("input_dims: required for EF-LSTM, whose weights hold only the sum of the text, audio and video widths")
     input_dims = dict(given.pop("input_dims"))
     if set(input_dims) != set(CONCAT_ORDER):
         raise ValueError(f"input_dims: expected the keys {list(CONCAT_ORDER)}, received {list(input_dims)}")
-    first = _tensor(state, "lstm.weight_ih_l0", 2)  # (4 H, d_text + d_audio + d_video)
+    first = weight_tensor(state, "lstm.weight_ih_l0", 2)  # (4 H, d_text + d_audio + d_video)
     if first.shape[1] != sum(input_dims.values()):
         raise ValueError(
             f"input_dims: the checkpoint's LSTM takes {first.shape[1]} features, "
@@ -401,11 +337,11 @@ def early_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: 
         "pooling": "last",
         "hidden_dim": int(first.shape[0]) // 4,
         "num_layers": n_layers,
-        "step_batchnorm": int(_tensor(state, "norm.weight", 1).shape[0]),
-        **_task_options(int(_tensor(state, "out.weight", 2).shape[0])),
+        "step_batchnorm": int(weight_tensor(state, "norm.weight", 1).shape[0]),
+        **task_options(int(weight_tensor(state, "out.weight", 2).shape[0])),
     }
-    model = EarlyFusion(**_merge_options(inferred, given, EF_LSTM_DEFAULTS))
-    _load(model, convert_mmsa_ef_lstm_state_dict(state, model))
+    model = EarlyFusion(**merge_options(inferred, given, EF_LSTM_DEFAULTS))
+    load_converted(model, convert_mmsa_ef_lstm_state_dict(state, model))
     return model
 
 
@@ -414,7 +350,7 @@ def early_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: 
 LF_DNN_DEFAULTS: dict[str, Any] = {"encoder_dropout": 0.2, "input_dropout": 0.2, "dropout": 0.0, "padding": "included"}
 """MMSA's MOSI configuration for what LF-DNN's weights do not fix (no dropout between its fusion layers)."""
 _LF_DNN_LAYERS = {"post_fusion_layer_1": "fusion.0", "post_fusion_layer_2": "fusion.3", "post_fusion_layer_3": "head"}
-LF_DNN_KEYS = _subnet_keys() | _linear_keys(*_LF_DNN_LAYERS)
+LF_DNN_KEYS = _subnet_keys() | linear_keys(*_LF_DNN_LAYERS)
 """Every key of MMSA's ``LF_DNN.state_dict()``."""
 
 
@@ -424,8 +360,8 @@ def convert_mmsa_lf_dnn_state_dict(state_dict: Mapping[str, Any], model: LateFus
     The first fusion layer's columns are blocks audio, video, text in MMSA; they are rearranged
     to ``model.modalities`` order.
     """
-    state = _clean(state_dict, "LF_DNN")
-    _check_keys(state, LF_DNN_KEYS, "LF_DNN")
+    state = clean_state_dict(state_dict, "LF_DNN")
+    check_keys(state, LF_DNN_KEYS, "LF_DNN")
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
         if (name := _subnet_key(key, "encoders")) is not None:
@@ -433,7 +369,7 @@ def convert_mmsa_lf_dnn_state_dict(state_dict: Mapping[str, Any], model: LateFus
         else:
             layer, part = key.split(".")
             if key == "post_fusion_layer_1.weight":
-                value = _reorder_blocks(value, model.encoder_dims, FUSION_ORDER, model.modalities)
+                value = reorder_blocks(value, model.encoder_dims, FUSION_ORDER, model.modalities)
             converted[f"{_LF_DNN_LAYERS[layer]}.{part}"] = value
     return converted
 
@@ -455,10 +391,10 @@ def late_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: A
     Raises:
         ValueError: a key or shape MMSA's LF-DNN does not have, or options that disagree with the weights.
     """
-    state = _clean(state_dict, "LF_DNN")
-    _check_keys(state, LF_DNN_KEYS, "LF_DNN")
+    state = clean_state_dict(state_dict, "LF_DNN")
+    check_keys(state, LF_DNN_KEYS, "LF_DNN")
     shapes = _subnet_options(state)
-    first = _tensor(state, "post_fusion_layer_1.weight", 2)
+    first = weight_tensor(state, "post_fusion_layer_1.weight", 2)
     if first.shape[1] != sum(shapes["out"].values()):
         raise ValueError(
             f"state_dict['post_fusion_layer_1.weight']: expected {sum(shapes['out'].values())} inputs, "
@@ -471,8 +407,8 @@ def late_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: A
         "encoder_dim": shapes["out"],
         "fusion_dim": int(first.shape[0]),
         "fusion_layers": 2,
-        **_task_options(int(_tensor(state, "post_fusion_layer_3.weight", 2).shape[0])),
+        **task_options(int(weight_tensor(state, "post_fusion_layer_3.weight", 2).shape[0])),
     }
-    model = LateFusion(**_merge_options(inferred, options, LF_DNN_DEFAULTS))
-    _load(model, convert_mmsa_lf_dnn_state_dict(state, model))
+    model = LateFusion(**merge_options(inferred, options, LF_DNN_DEFAULTS))
+    load_converted(model, convert_mmsa_lf_dnn_state_dict(state, model))
     return model
