@@ -23,6 +23,11 @@ every attention; a sample whose source is entirely padding attends to all steps 
 output is masked later), which avoids the NaN of an all-masked softmax. The optional "future"
 mask is MulT's: position ``i`` of the target may not see source positions beyond
 ``i + |T_src - T_tgt|``.
+
+Two position tables: ``"vaswani"`` (:func:`sinusoidal_positions`: interleaved sine/cosine,
+steps counted from 0) and ``"fairseq"`` (:func:`fairseq_positions`: the table MulT's released
+code and the code built on it, e.g. CGGM, take from fairseq: sines then cosines, steps counted
+from 1, and a step whose first feature is exactly 0 taken for padding and given no position).
 """
 
 from __future__ import annotations
@@ -47,6 +52,53 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
     return table
+
+
+MULT_LAYER_NAMES: dict[str, str] = {
+    "self_attn.in_proj_weight": "attention.in_proj_weight",
+    "self_attn.in_proj_bias": "attention.in_proj_bias",
+    "self_attn.out_proj.weight": "attention.out.weight",
+    "self_attn.out_proj.bias": "attention.out.bias",
+    "fc1.weight": "feedforward.0.weight",
+    "fc1.bias": "feedforward.0.bias",
+    "fc2.weight": "feedforward.3.weight",
+    "fc2.bias": "feedforward.3.bias",
+    "layer_norms.0.weight": "norm_attention.weight",
+    "layer_norms.0.bias": "norm_attention.bias",
+    "layer_norms.1.weight": "norm_feedforward.weight",
+    "layer_norms.1.bias": "norm_feedforward.bias",
+}
+"""Parameter names inside one layer of MulT's released ``TransformerEncoder`` (and of the code
+built on it: MMSA, CGGM) -> ours inside ``CrossModalEncoder.layers.<i>``; the stack's final
+``layer_norm`` is our ``norm``. Shapes are the same."""
+
+
+@functools.lru_cache(maxsize=64)
+def _fairseq_table(length: int, dim: int, device: torch.device | None = None) -> Tensor:
+    """fairseq's table ``(length + 1, dim)``: row ``p >= 1`` is ``[sin(p w_k) | cos(p w_k)]`` with
+    ``w_k = 10000^(-k / (dim/2 - 1))``, ``k < dim // 2`` (a zero column appended for odd ``dim``);
+    row 0 (padding) is zero. Cached, do not modify."""
+    half = dim // 2
+    frequency = torch.exp(torch.arange(half, dtype=torch.float32, device=device) * -(math.log(10000.0) / (half - 1)))
+    angle = torch.arange(length + 1, dtype=torch.float32, device=device).unsqueeze(1) * frequency.unsqueeze(0)
+    table = torch.cat([torch.sin(angle), torch.cos(angle), torch.zeros(length + 1, dim % 2, device=device)], dim=1)
+    table[0] = 0.0
+    return table
+
+
+def fairseq_positions(x: Tensor) -> Tensor:
+    """fairseq's position embeddings for ``x (B, T, d)`` -> ``(B, T, d)``.
+
+    Step ``t`` (0-based) gets row ``t + 1`` of :func:`_fairseq_table`, except where
+    ``x[b, t, 0] == 0``: fairseq reads the first feature as a token id and a 0 as padding, which
+    gets the zero row. Needs ``d >= 4`` (the frequencies divide by ``d/2 - 1``).
+    """
+    batch, steps, dim = x.shape
+    if dim < 4:
+        raise ValueError(f"x: fairseq positions need a width of at least 4, received shape {tuple(x.shape)}")
+    table = _fairseq_table(steps, dim, x.device)
+    step = torch.arange(1, steps + 1, device=x.device).expand(batch, steps)
+    return table.to(x.dtype)[torch.where(x[..., 0] != 0, step, 0)]
 
 
 class MultiheadAttention(nn.Module):
@@ -140,6 +192,8 @@ class CrossModalEncoder(nn.Module):
         future_mask: apply MulT's causal-style mask (MulT's default is on).
         norm: ``"pre"`` (MulT, with a final LayerNorm) or ``"post"`` (the authors' DecAlign code).
         positions: add sinusoidal position embeddings to the scaled inputs.
+        position_table: ``"vaswani"`` (:func:`sinusoidal_positions`) or ``"fairseq"``
+            (:func:`fairseq_positions`, MulT's released code).
         independent_key_value_dropout: draw the source's embedding dropout separately for keys
             and for values (the authors' DecAlign code) instead of once.
         feedforward_init: ``"xavier"`` (Xavier-uniform weights, zero biases: MulT) or ``"torch"``
@@ -161,6 +215,7 @@ class CrossModalEncoder(nn.Module):
         future_mask: bool = False,
         norm: Literal["pre", "post"] = "pre",
         positions: bool = True,
+        position_table: Literal["vaswani", "fairseq"] = "vaswani",
         independent_key_value_dropout: bool = False,
         feedforward_init: Literal["xavier", "torch"] = "xavier",
         fast_dropout: bool = True,
@@ -170,6 +225,10 @@ class CrossModalEncoder(nn.Module):
             raise ValueError(f"n_heads: expected a divisor of dim={dim}, received {n_heads}")
         if norm not in ("pre", "post"):
             raise ValueError(f"norm: expected 'pre' or 'post', received {norm!r}")
+        if position_table not in ("vaswani", "fairseq"):
+            raise ValueError(f"position_table: expected 'vaswani' or 'fairseq', received {position_table!r}")
+        if positions and position_table == "fairseq" and dim < 4:
+            raise ValueError(f"position_table: 'fairseq' needs dim >= 4, received dim={dim}")
         if feedforward_init not in ("xavier", "torch"):
             raise ValueError(f"feedforward_init: expected 'xavier' or 'torch', received {feedforward_init!r}")
         self.dim = dim
@@ -180,6 +239,7 @@ class CrossModalEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim) if norm == "pre" else None
         self.future_mask = future_mask
         self.positions = positions
+        self.position_table = position_table
         self.independent_key_value_dropout = independent_key_value_dropout
         if feedforward_init == "xavier":
             for layer in self.layers:
@@ -190,7 +250,9 @@ class CrossModalEncoder(nn.Module):
 
     def _embed(self, x: Tensor) -> Tensor:
         scaled = math.sqrt(self.dim) * x
-        if self.positions:
+        if self.positions and self.position_table == "fairseq":
+            scaled = scaled + fairseq_positions(x)
+        elif self.positions:
             scaled = scaled + sinusoidal_positions(x.shape[1], self.dim, x.device)
         return self.embed_dropout(scaled)
 

@@ -21,12 +21,12 @@ applies.
 
 How it runs under a plain trainer (``loss(...).total.backward(); optimizer.step()``):
 
-- *magnitude*: ``forward`` computes ``B`` from this batch's classifier accuracies and registers
-  an autograd hook on each encoder output that multiplies the incoming gradient by ``rho B_i``.
-  Every parameter of encoder ``i`` (and of its projection) receives gradient only through that
-  output (the classifier reads a detached copy), so this scales exactly those parameters'
-  gradients, as the released code does after ``backward``. Hooks are registered, and the
-  accuracy memory advances, only in training forwards with labels and gradients enabled;
+- *magnitude*: in a training forward with labels and gradients enabled, the parameters of
+  encoder ``i`` (and of its projection, see ``modulate_projections``) enter the computation
+  through views of themselves; once ``B`` is known from this batch's classifier accuracies, a
+  hook on each view multiplies that parameter's gradient by ``rho B_i``, which is what the
+  released code does to ``.grad`` after ``backward``. Hooks are registered, and the accuracy
+  memory advances, only in such forwards;
 - *classifiers*: their task losses go into ``aux_losses`` (weight 1) and reach only the
   classifiers (detached inputs), so the trainer's optimizer trains them;
 - *direction*: with ``g = dL/d logits`` evaluated on the batch (a constant), the output-layer
@@ -36,19 +36,34 @@ How it runs under a plain trainer (``loss(...).total.backward(); optimizer.step(
   would otherwise make totals of successive steps incomparable; ``components["direction"]``
   holds ``L_gm``.
 
-Where our version departs from the paper:
+Where our version departs from the paper and from the released code (zrguo/CGGM,
+``models/msamodel.py``, ``src/msatrain.py``); each option named restores the code's behaviour,
+and :mod:`alignkit_models.models.cggm_reference` loads its weights with all of them set:
 
-- the classifiers are trained by the model's optimizer through the summed loss, not by their
-  own Adam (lr 5e-4); ``L_gm`` is built and applied in the step whose ``B`` it uses (the code
-  adds it to the next step's loss), with the dependence of ``u`` through ``g`` dropped (no
-  second-order backward);
-- the classifier applies its hidden Linear once (the code applies the same Linear twice);
+- the classifiers are trained by the model's optimizer through the summed loss (so they share
+  its learning rate and its gradient clipping), not by their own Adam (lr 5e-4);
+- ``L_gm`` is built and applied in the step whose ``B`` it uses, with the dependence of ``u``
+  through ``g`` dropped (no second-order backward). The code uses the output-layer *weights*
+  (``direction="weight"``), lets only the fusion head's receive the gradient (it zeroes the
+  classifiers' share before their step) and adds ``L_gm`` to the *next* step's loss, i.e.
+  applies the gradient taken at this step's weights and ``B`` one step late
+  (``direction_step="next"``, weight mode only);
+- the code scales the gradients of the encoders ``Phi_i`` only; we also scale the projection
+  in front of each (``modulate_projections=False`` restores the code);
+- the classifier applies its hidden Linear once (the code applies the same Linear twice before
+  the ReLU: ``classifier_hidden_twice=True``);
 - concatenation along time puts each sample's real steps first, so padding never shifts the
-  positions of later modalities; padded steps are masked out of every attention;
+  positions of later modalities; padded steps are masked out of every attention (the code has
+  no masks: ``padding="included"``);
+- position embeddings from :func:`~alignkit_models.layers.transformer.sinusoidal_positions`
+  (the code: fairseq's table, ``position_table="fairseq"``); a fusion transformer of
+  ``max(L - 2, 1)`` layers (the code: ``L - 2``, set by ``fusion_layers``);
 - any number of modalities (the code's ``L_gm`` line hard-codes three); smaller defaults
-  (``d = 32``, 4 heads, 3 encoder layers) than the paper's (40, 5, 5). ``B`` follows the code's
-  formula, which explodes when ``sum_j Delta_j`` is near 0 with non-zero ``Delta_i``; the paper
-  clips the gradient norm (0.8), which a trainer should do as well.
+  (``d = 32``, 4 heads, 3 encoder layers) than the code's MOSI run (40, 5, 5). ``B`` follows the
+  code's formula, which explodes when ``sum_j Delta_j`` is near 0 with non-zero ``Delta_i``; the
+  code clips the gradient norm (0.8), which a trainer should do as well. ``B`` is computed in
+  float32 (the code: float64), which rounds the ``1e-8`` guard away once ``|sum_j Delta_j| >=
+  0.25``: ``Delta = (0.25, 0, 0)`` gives ``B_1 = 0`` where the code has ``4e-8``.
 """
 
 from __future__ import annotations
@@ -57,8 +72,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from alignkit.decoupling import cosine_similarity
 from alignkit_models.layers.heads import ResidualHead
@@ -66,6 +81,7 @@ from alignkit_models.layers.pooling import concat_real_steps
 from alignkit_models.layers.sequence import zero_padding
 from alignkit_models.layers.transformer import CrossModalEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
+from alignkit_models.models.tfn import Padding, check_padding, padding_masks
 from alignkit_models.registry import register_model
 
 
@@ -82,18 +98,35 @@ def direction_loss(coefficients: Tensor, unimodal: list[Tensor], fusion: Tensor)
     return (coefficients.abs() - coefficients * cosines).mean()
 
 
-class _GuidanceClassifier(nn.Module):
-    """Transformer over a detached encoder output, first position, ``Linear -> ReLU -> Linear``."""
+def _call_through_views(module: nn.Module, *args: Tensor, **kwargs: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``module(*args, **kwargs)`` with every trainable parameter replaced by a view of itself.
 
-    def __init__(self, dim: int, out_dim: int, n_heads: int, n_layers: int, dropouts: Mapping[str, float]) -> None:
+    The values are the parameters'; a hook registered on a view (even after this call) sees,
+    and may rescale, exactly the gradient that reaches that parameter in the next backward.
+    """
+    views = {name: p.view_as(p) for name, p in module.named_parameters() if p.requires_grad}
+    return functional_call(module, views, args, kwargs), list(views.values())
+
+
+class _GuidanceClassifier(nn.Module):
+    """Transformer over a detached encoder output, first position, ``Linear -> ReLU -> Linear``.
+
+    With ``hidden_twice`` the hidden Linear runs twice before the ReLU, as in the released code.
+    """
+
+    def __init__(
+        self, dim: int, out_dim: int, n_heads: int, n_layers: int, encoder_options: Mapping[str, object], hidden_twice: bool
+    ) -> None:
         super().__init__()
-        self.encoder = CrossModalEncoder(dim, n_heads, n_layers, **dropouts)
+        self.encoder = CrossModalEncoder(dim, n_heads, n_layers, **encoder_options)  # type: ignore[arg-type]
         self.hidden = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
         self.out = nn.Linear(dim, out_dim)
+        self.hidden_twice = hidden_twice
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``x (B, T, d)`` -> (input of the output layer ``(B, d)``, logits ``(B, out_dim)``)."""
-        hidden = self.hidden(self.encoder(x, source_mask=mask)[:, 0])
+        first = self.encoder(x, source_mask=mask)[:, 0]
+        hidden = self.hidden(self.hidden[0](first) if self.hidden_twice else first)
         return hidden, self.out(hidden)
 
 
@@ -103,9 +136,10 @@ class _GuidanceClassifier(nn.Module):
     "(accuracy gains) and a direction loss aligns output-layer gradients.",
     modalities="any M >= 2",
     fidelity="faithful",
-    notes="modulation via autograd hooks registered in forward; classifiers trained by the main optimizer "
-    "through aux_losses; direction loss in the same step, as a value-0 gradient term; real steps first "
-    "when concatenating along time; smaller defaults (d 32, 4 heads, 3 layers)",
+    notes="modulation via gradient hooks on parameter views registered in forward; classifiers trained by "
+    "the main optimizer through aux_losses; direction loss in the same step, as a value-0 gradient term; "
+    "projections modulated too; real steps first when concatenating along time; smaller defaults (d 32, "
+    "4 heads, 3 layers); options restore the released code (cggm_reference.REFERENCE_OPTIONS)",
 )
 class CGGM(MultimodalModel):
     """``features[m] (B, T_m, d_m) -> prediction``; ``representation`` is the fusion output at position 0.
@@ -114,14 +148,26 @@ class CGGM(MultimodalModel):
         input_dims, task, n_classes, regression_loss: see :class:`MultimodalModel`.
         dim: common width ``d``.
         n_heads: attention heads (divides ``d``).
-        n_layers: layers ``L`` of each modality encoder; the fusion transformer has ``max(L - 2, 1)``.
+        n_layers: layers ``L`` of each modality encoder.
+        fusion_layers: layers of the fusion transformer (0 allowed); None = ``max(L - 2, 1)``.
         classifier_layers: layers of each guidance classifier's transformer.
         attn_dropout, relu_dropout, res_dropout, embed_dropout: transformer dropouts.
         out_dropout: dropout in the residual head.
         rho: gradient scale ``rho``.
         direction_weight: ``lambda`` of ``L_gm``.
         direction: ``"gradient"`` (paper: ``u`` = output-layer gradients) or ``"weight"``
-            (released code: output-layer weights).
+            (released code: output-layer weights; only the fusion head's weight receives the
+            gradient of ``L_gm``).
+        direction_step: ``"same"`` (apply ``L_gm`` in the step that computes it) or ``"next"``
+            (released code: its gradient, taken at this step's weights and ``B``, is applied in
+            the next training step; needs ``direction="weight"``).
+        modulate_projections: scale the gradient of each modality's input projection by
+            ``rho B_i`` too (False: the encoder only, as in the released code).
+        classifier_hidden_twice: apply each classifier's hidden Linear twice (released code).
+        position_table: ``"vaswani"`` or ``"fairseq"`` (released code); see
+            :class:`~alignkit_models.layers.transformer.CrossModalEncoder`.
+        padding: ``"masked"`` or ``"included"`` (padded steps are data, as in the released
+            code, which has no masks).
     """
 
     def __init__(
@@ -134,6 +180,7 @@ class CGGM(MultimodalModel):
         dim: int = 32,
         n_heads: int = 4,
         n_layers: int = 3,
+        fusion_layers: int | None = None,
         classifier_layers: int = 2,
         attn_dropout: float = 0.1,
         relu_dropout: float = 0.1,
@@ -143,30 +190,52 @@ class CGGM(MultimodalModel):
         rho: float = 1.3,
         direction_weight: float = 0.2,
         direction: Literal["gradient", "weight"] = "gradient",
+        direction_step: Literal["same", "next"] = "same",
+        modulate_projections: bool = True,
+        classifier_hidden_twice: bool = False,
+        position_table: Literal["vaswani", "fairseq"] = "vaswani",
+        padding: Padding = "masked",
     ) -> None:
         super().__init__(input_dims, task=task, n_classes=n_classes, regression_loss=regression_loss)
         if direction not in ("gradient", "weight"):
             raise ValueError(f"direction: expected 'gradient' or 'weight', received {direction!r}")
+        if direction_step not in ("same", "next"):
+            raise ValueError(f"direction_step: expected 'same' or 'next', received {direction_step!r}")
+        if direction_step == "next" and direction != "weight":
+            # In gradient mode the term reaches every parameter below the heads; holding its
+            # gradient for a step would need a second backward.
+            raise ValueError(f"direction_step: 'next' needs direction='weight', received direction={direction!r}")
+        if fusion_layers is not None and (isinstance(fusion_layers, bool) or not isinstance(fusion_layers, int) or fusion_layers < 0):
+            raise ValueError(f"fusion_layers: expected None or an integer >= 0, received {fusion_layers!r}")
+        check_padding(padding)
         self.rho, self.direction_weight, self.direction = rho, direction_weight, direction
-        dropouts = {
+        self.direction_step = direction_step
+        self.modulate_projections = modulate_projections
+        self.padding = padding
+        encoder_options = {
             "attn_dropout": attn_dropout,
             "relu_dropout": relu_dropout,
             "res_dropout": res_dropout,
             "embed_dropout": embed_dropout,
+            "position_table": position_table,
         }
         self.projections = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.input_dims.items()})
         self.encoders = nn.ModuleDict(
-            {m: CrossModalEncoder(dim, n_heads, n_layers, **dropouts) for m in self.modalities}
+            {m: CrossModalEncoder(dim, n_heads, n_layers, **encoder_options) for m in self.modalities}  # type: ignore[arg-type]
         )
-        self.fusion = CrossModalEncoder(dim, n_heads, max(n_layers - 2, 1), **dropouts)
+        n_fusion = max(n_layers - 2, 1) if fusion_layers is None else fusion_layers
+        self.fusion = CrossModalEncoder(dim, n_heads, n_fusion, **encoder_options)  # type: ignore[arg-type]
         self.head = ResidualHead(dim, self.output_dim, out_dropout)
         self.classifiers = nn.ModuleDict(
             {
-                m: _GuidanceClassifier(dim, self.output_dim, n_heads, classifier_layers, dropouts)
+                m: _GuidanceClassifier(dim, self.output_dim, n_heads, classifier_layers, encoder_options, classifier_hidden_twice)
                 for m in self.modalities
             }
         )
         self.register_buffer("previous_accuracy", torch.zeros(len(self.modalities)))
+        if direction_step == "next":
+            # dL_gm/d(head.out.weight) from the last training step (lambda not applied), applied in this one.
+            self.register_buffer("pending_direction_gradient", torch.zeros(self.output_dim, dim))
 
     def forward(
         self,
@@ -174,11 +243,13 @@ class CGGM(MultimodalModel):
         masks: Mapping[str, Tensor] | None = None,
         labels: Tensor | None = None,
     ) -> ModelOutput:
-        masks = self.check_inputs(features, masks)
-        encoded = {
-            m: self.encoders[m](self.projections[m](zero_padding(features[m], masks[m])), source_mask=masks[m])
-            for m in self.modalities
-        }
+        masks = padding_masks(self.check_inputs(features, masks), self.padding)
+        guided = self.training and labels is not None
+        modulated = guided and torch.is_grad_enabled()
+        encoded: dict[str, Tensor] = {}
+        views: dict[str, list[Tensor]] = {}
+        for m in self.modalities:
+            encoded[m], views[m] = self._encode(m, features[m], masks[m], modulated)
         joined, joined_mask = concat_real_steps(
             [encoded[m] for m in self.modalities], [masks[m] for m in self.modalities]
         )
@@ -186,15 +257,33 @@ class CGGM(MultimodalModel):
         hidden = self.head.hidden(summary)
         logits = self.head.out(hidden)
         output = ModelOutput(self.head_output(logits), representation=summary)
-        if self.training and labels is not None:
-            self._guide(output, encoded, masks, hidden, logits, labels)
+        if guided:
+            self._guide(output, encoded, masks, views, hidden, logits, labels)  # type: ignore[arg-type]
         return output
+
+    def _encode(self, m: str, x: Tensor, mask: Tensor, modulated: bool) -> tuple[Tensor, list[Tensor]]:
+        """Projection and encoder of modality ``m``: ``x (B, T, d_m) -> (B, T, d)``.
+
+        In a modulated forward the parameters that modulation scales run through views, which
+        are returned so that :meth:`_guide` can hook them once ``B`` is known.
+        """
+        x = zero_padding(x, mask)
+        if not modulated:
+            return self.encoders[m](self.projections[m](x), source_mask=mask), []
+        views: list[Tensor] = []
+        if self.modulate_projections:
+            x, views = _call_through_views(self.projections[m], x)
+        else:
+            x = self.projections[m](x)
+        encoded, encoder_views = _call_through_views(self.encoders[m], x, source_mask=mask)
+        return encoded, views + encoder_views
 
     def _guide(
         self,
         output: ModelOutput,
         encoded: Mapping[str, Tensor],
         masks: Mapping[str, Tensor],
+        views: Mapping[str, list[Tensor]],
         fusion_hidden: Tensor,
         fusion_logits: Tensor,
         labels: Tensor,
@@ -204,24 +293,46 @@ class CGGM(MultimodalModel):
         losses = {m: self.task_loss(self.head_output(z), labels) for m, (_, z) in classified.items()}
         accuracy = torch.stack([self._accuracy(z.detach(), labels) for _, z in classified.values()])
         coefficients = balance_coefficients(accuracy, self.previous_accuracy)
-        if torch.is_grad_enabled():
+        backpropagated = torch.is_grad_enabled()
+        if backpropagated:
             self.previous_accuracy.copy_(accuracy)
-            for m, c in zip(self.modalities, coefficients.tolist()):
-                if encoded[m].requires_grad:
-                    encoded[m].register_hook(lambda grad, scale=self.rho * c: grad * scale)
+            for m, c in zip(self.modalities, coefficients):
+                for view in views[m]:
+                    view.register_hook(lambda grad, scale=self.rho * c: grad * scale)
         if self.direction == "gradient":
             unimodal = [self._output_layer_gradient(h, z, labels) for h, z in classified.values()]
             fusion = self._output_layer_gradient(fusion_hidden, fusion_logits, labels)
-        else:
-            unimodal = [self.classifiers[m].out.weight for m in self.modalities]
+        else:  # the released code discards the classifiers' share of this gradient
+            unimodal = [self.classifiers[m].out.weight.detach() for m in self.modalities]
             fusion = self.head.out.weight
-        direction = direction_loss(coefficients, unimodal, fusion)
+        if self.direction_step == "same":
+            direction = direction_loss(coefficients, unimodal, fusion)
+            output.aux_losses["direction"] = self.direction_weight * (direction - direction.detach())
+        else:
+            direction = self._defer_direction(output, coefficients, unimodal, backpropagated)
         output.components.update({f"classifier_{m}": loss for m, loss in losses.items()})
         output.components.update({f"accuracy_{m}": a for m, a in zip(self.modalities, accuracy)})
         output.components.update({f"balance_{m}": c for m, c in zip(self.modalities, coefficients)})
         output.components["direction"] = direction
         output.aux_losses["classifiers"] = torch.stack(list(losses.values())).sum()
-        output.aux_losses["direction"] = self.direction_weight * (direction - direction.detach())
+
+    def _defer_direction(
+        self, output: ModelOutput, coefficients: Tensor, unimodal: list[Tensor], backpropagated: bool
+    ) -> Tensor:
+        """``direction_step="next"``: the last step's ``grad_W L_gm`` applied now (value-0 term in
+        ``aux_losses``); this step's ``L_gm`` returned (detached) and, in a forward that will be
+        backpropagated, its gradient w.r.t. ``W = head.out.weight (C, d)`` kept for the next one."""
+        weight = self.head.out.weight
+        pending = self.pending_direction_gradient.clone()  # the buffer is overwritten below
+        applied = (pending * weight).sum()
+        output.aux_losses["direction"] = self.direction_weight * (applied - applied.detach())
+        with torch.enable_grad():
+            leaf = weight.detach().requires_grad_()
+            direction = direction_loss(coefficients, unimodal, leaf)
+            if backpropagated:
+                (gradient,) = torch.autograd.grad(direction, leaf)
+                self.pending_direction_gradient.copy_(gradient)
+        return direction.detach()
 
     def _accuracy(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Batch accuracy: sign agreement for regression, top-1 for classification."""
