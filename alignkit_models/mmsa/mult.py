@@ -40,6 +40,7 @@ from typing import Any
 
 from torch import Tensor
 
+from alignkit_models.layers.transformer import MULT_LAYER_NAMES
 from alignkit_models.mmsa._common import (
     check_keys,
     clean_state_dict,
@@ -72,20 +73,6 @@ MULT_DEFAULTS: dict[str, Any] = {
 """MMSA's MOSI configuration (``config_regression.json``: 10 heads, ``attn_dropout`` 0.3 /
 ``attn_dropout_a`` 0.2 / ``attn_dropout_v`` 0.0, ``attn_mask`` on...), its trainer's L1 task
 loss, and the structure of its code, for what the weights do not fix."""
-_ENCODER_PARTS = {
-    "self_attn.in_proj_weight": "attention.in_proj_weight",
-    "self_attn.in_proj_bias": "attention.in_proj_bias",
-    "self_attn.out_proj.weight": "attention.out.weight",
-    "self_attn.out_proj.bias": "attention.out.bias",
-    "fc1.weight": "feedforward.0.weight",
-    "fc1.bias": "feedforward.0.bias",
-    "fc2.weight": "feedforward.3.weight",
-    "fc2.bias": "feedforward.3.bias",
-    "layer_norms.0.weight": "norm_attention.weight",
-    "layer_norms.0.bias": "norm_attention.bias",
-    "layer_norms.1.weight": "norm_feedforward.weight",
-    "layer_norms.1.bias": "norm_feedforward.bias",
-}
 _HEAD = {"proj1": "head.proj1", "proj2": "head.proj2", "out_layer": "head.out"}
 _LAYER_KEY = re.compile(r"trans_([lav])_(?:with_([lav])|mem)\.layers\.(\d+)\..+")
 
@@ -109,7 +96,7 @@ def key_table(n_layers: int, memory_layers: int) -> dict[str, str | None]:
         table[f"{theirs}.version"] = None
         table.update({f"{theirs}.layer_norm.{part}": f"{ours}.norm.{part}" for part in ("weight", "bias")})
         for i in range(memory_layers if theirs.endswith("_mem") else n_layers):
-            table.update({f"{theirs}.layers.{i}.{a}": f"{ours}.layers.{i}.{b}" for a, b in _ENCODER_PARTS.items()})
+            table.update({f"{theirs}.layers.{i}.{a}": f"{ours}.layers.{i}.{b}" for a, b in MULT_LAYER_NAMES.items()})
     return table
 
 
