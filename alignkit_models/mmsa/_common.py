@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 MODALITIES = {"text": "text", "audio": "audio", "video": "vision"}
 
@@ -72,15 +72,3 @@ def merge_options(inferred: dict[str, Any], options: Mapping[str, Any], defaults
     if clashes:
         raise ValueError(f"{clashes[0]}: the checkpoint has {inferred[clashes[0]]!r}, received {given[clashes[0]]!r}")
     return {**defaults, **given, **inferred}
-
-
-def load_converted(model: nn.Module, converted: Mapping[str, Tensor]) -> None:
-    """Load ``converted`` into ``model``; a missing, unexpected or misshapen entry is one ``ValueError``."""
-    try:
-        missing, unexpected = model.load_state_dict(converted, strict=False)
-    except RuntimeError as error:  # shape mismatches: report the first one in one line
-        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
-        raise ValueError(f"state_dict: does not fit the options given ({detail})") from None
-    problems = [f"missing {k!r}" for k in missing] + [f"unexpected {k!r}" for k in unexpected]
-    if problems:
-        raise ValueError(f"state_dict: does not match the model built from it ({'; '.join(problems[:3])})")

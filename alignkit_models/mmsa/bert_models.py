@@ -50,13 +50,13 @@ from alignkit_models.mmsa._common import (
     check_keys,
     clean_state_dict,
     linear_keys,
-    load_converted,
     lstm_keys,
     merge_options,
     reorder_blocks,
     task_options,
     weight_tensor,
 )
+from alignkit_models.models.base import load_converted_state_dict
 from alignkit_models.models.misa import MISA
 from alignkit_models.models.self_mm import FUSION, SelfMM
 
@@ -205,7 +205,7 @@ def self_mm_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) 
         **task_options(1),
     }
     model = SelfMM(**merge_options(inferred, options, SELF_MM_DEFAULTS))
-    load_converted(model, convert_mmsa_self_mm_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_self_mm_state_dict(state, model))
     return model
 
 
@@ -344,5 +344,5 @@ def misa_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> 
         **task_options(int(weight_tensor(rest, "fusion.fusion_layer_3.weight", 2).shape[0])),
     }
     model = MISA(**merge_options(inferred, options, MISA_DEFAULTS))
-    load_converted(model, convert_mmsa_misa_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_misa_state_dict(state, model))
     return model

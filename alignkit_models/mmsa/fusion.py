@@ -58,13 +58,13 @@ from alignkit_models.mmsa._common import (
     check_keys,
     clean_state_dict,
     linear_keys,
-    load_converted,
     lstm_keys,
     merge_options,
     reorder_blocks,
     task_options,
     weight_tensor,
 )
+from alignkit_models.models.base import load_converted_state_dict
 from alignkit_models.models.early_fusion import EarlyFusion
 from alignkit_models.models.late_fusion import LateFusion
 from alignkit_models.models.lmf import LMF
@@ -203,7 +203,7 @@ def tfn_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> T
         low = float(weight_tensor(state, "output_shift", 1)[0])
         inferred["output_range"] = (low, low + float(weight_tensor(state, "output_range", 1)[0]))
     model = TFN(**merge_options(inferred, options, TFN_DEFAULTS))
-    load_converted(model, convert_mmsa_tfn_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_tfn_state_dict(state, model))
     return model
 
 
@@ -264,7 +264,7 @@ def lmf_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> L
         **task_options(int(audio_factor.shape[2])),
     }
     model = LMF(**merge_options(inferred, options, LMF_DEFAULTS))
-    load_converted(model, convert_mmsa_lmf_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_lmf_state_dict(state, model))
     return model
 
 
@@ -341,7 +341,7 @@ def early_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: 
         **task_options(int(weight_tensor(state, "out.weight", 2).shape[0])),
     }
     model = EarlyFusion(**merge_options(inferred, given, EF_LSTM_DEFAULTS))
-    load_converted(model, convert_mmsa_ef_lstm_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_ef_lstm_state_dict(state, model))
     return model
 
 
@@ -410,5 +410,5 @@ def late_fusion_from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: A
         **task_options(int(weight_tensor(state, "post_fusion_layer_3.weight", 2).shape[0])),
     }
     model = LateFusion(**merge_options(inferred, options, LF_DNN_DEFAULTS))
-    load_converted(model, convert_mmsa_lf_dnn_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_lf_dnn_state_dict(state, model))
     return model

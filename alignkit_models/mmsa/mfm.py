@@ -44,11 +44,11 @@ from alignkit_models.mmsa._common import (
     check_keys,
     clean_state_dict,
     linear_keys,
-    load_converted,
     merge_options,
     task_options,
     weight_tensor,
 )
+from alignkit_models.models.base import load_converted_state_dict
 from alignkit_models.models.mfm import MFM
 
 SUFFIXES = {"l": "text", "a": "audio", "v": "vision"}
@@ -174,5 +174,5 @@ def from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> MFM:
     if "input_dims" in options:
         _check_order(tuple(options["input_dims"]), "input_dims")
     model = MFM(**merge_options(_inferred_options(state), options, MFM_DEFAULTS))
-    load_converted(model, convert_mmsa_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_state_dict(state, model))
     return model

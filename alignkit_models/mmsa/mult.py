@@ -44,11 +44,11 @@ from alignkit_models.layers.transformer import MULT_LAYER_NAMES
 from alignkit_models.mmsa._common import (
     check_keys,
     clean_state_dict,
-    load_converted,
     merge_options,
     task_options,
     weight_tensor,
 )
+from alignkit_models.models.base import load_converted_state_dict
 from alignkit_models.models.mult import MulT
 
 SUFFIXES = {"l": "text", "a": "audio", "v": "vision"}
@@ -173,5 +173,5 @@ def from_mmsa_state_dict(state_dict: Mapping[str, Any], **options: Any) -> MulT:
         **task_options(int(weight_tensor(state, "out_layer.weight", 2).shape[0])),
     }
     model = MulT(**merge_options(inferred, options, MULT_DEFAULTS))
-    load_converted(model, convert_mmsa_state_dict(state, model))
+    load_converted_state_dict(model, convert_mmsa_state_dict(state, model))
     return model

@@ -106,4 +106,22 @@ class MultimodalModel(nn.Module):
                 )
             mask = None if masks is None else masks.get(m)
             full_masks[m] = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.to(x.device)
+        # Models with a BERT text encoder (attribute ``text_encoder``) read token ids, not features.
+        if getattr(self, "text_encoder", None) is not None and features["text"].is_floating_point():
+            raise ValueError(
+                f"features['text']: expected token ids (B, L, 3) of an integer dtype for the BERT text encoder, "
+                f"received {features['text'].dtype}"
+            )
         return full_masks
+
+
+def load_converted_state_dict(model: nn.Module, converted: Mapping[str, Tensor]) -> None:
+    """Load weights converted from another code base into ``model``; a missing, unexpected or misshapen entry is one ``ValueError``."""
+    try:
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+    except RuntimeError as error:  # shape mismatches: report the first one in one line
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise ValueError(f"state_dict: does not fit the options given ({detail})") from None
+    problems = [f"missing {k!r}" for k in missing] + [f"unexpected {k!r}" for k in unexpected]
+    if problems:
+        raise ValueError(f"state_dict: does not match the model built from it ({'; '.join(problems[:3])})")

@@ -227,15 +227,6 @@ class MISA(MultimodalModel):
             output.aux_losses.update({name: self.loss_weights[name] * value for name, value in components.items()})
         return output
 
-    def check_inputs(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-        full_masks = super().check_inputs(features, masks)
-        if self.text_encoder is not None and features["text"].is_floating_point():
-            raise ValueError(
-                f"features['text']: expected token ids (B, L, 3) of an integer dtype for the BERT text encoder, "
-                f"received {features['text'].dtype}"
-            )
-        return full_masks
-
     def encode(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The projected utterance vectors ``u_m (B, d_h)``, before the private/shared split."""
         masks = self.check_inputs(features, masks)

@@ -272,15 +272,6 @@ class SelfMM(MultimodalModel):
             {FUSION: fusion_dim, **head_dims}, centre_momentum, label_bound, label_warmup
         )
 
-    def check_inputs(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-        full_masks = super().check_inputs(features, masks)
-        if self.text_encoder is not None and features["text"].is_floating_point():
-            raise ValueError(
-                f"features['text']: expected token ids (B, L, 3) of an integer dtype for the BERT text encoder, "
-                f"received {features['text'].dtype}"
-            )
-        return full_masks
-
     def encode(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The modality vectors ``f_m (B, feature_dim_m)`` that the fusion and unimodal heads read."""
         masks = self.check_inputs(features, masks)

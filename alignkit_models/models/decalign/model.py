@@ -308,12 +308,6 @@ class DecAlign(MultimodalModel):
         )
 
     # ------------------------------------------------------------------ forward pieces
-    def check_inputs(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-        full_masks = super().check_inputs(features, masks)
-        if self.text_encoder is not None and features["text"].is_floating_point():
-            raise ValueError(f"features['text']: expected token ids (B, L, 3) of an integer dtype for the BERT text encoder, received {features['text'].dtype}")
-        return full_masks
-
     def project(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``X~_m (B, T_m', d)`` per modality, and the masks cut to the projected lengths."""
         projected, cut_masks = {}, {}

@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import Tensor
 
+from alignkit_models.models.base import load_converted_state_dict
 from alignkit_models.models.decalign.model import DecAlign
 
 SUFFIXES = {"l": "text", "a": "audio", "v": "vision"}
@@ -159,12 +160,5 @@ def from_official_state_dict(state_dict: Mapping[str, Any], **options: Any) -> D
         raise ValueError(f"{clashes[0]}: the checkpoint has {inferred[clashes[0]]!r}, received {options[clashes[0]]!r}")
     model = DecAlign(**{**inferred, **options, "variant": options.get("variant", "official")})
     converted = convert_state_dict(state, model)
-    try:
-        missing, unexpected = model.load_state_dict(converted, strict=False)
-    except RuntimeError as error:  # shape mismatches: report the first one in one line
-        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
-        raise ValueError(f"state_dict: does not fit the options given ({detail})") from None
-    problems = [f"missing {k!r}" for k in missing] + [f"unexpected {k!r}" for k in unexpected]
-    if problems:
-        raise ValueError(f"state_dict: does not match the model built from it ({'; '.join(problems[:3])})")
+    load_converted_state_dict(model, converted)
     return model
