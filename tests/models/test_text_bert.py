@@ -409,3 +409,15 @@ def test_percentile_bounds_0_and_100_are_allowed() -> None:
     stats = standardize_features(dataset, ["audio"], (0, 100))
     np.testing.assert_array_equal(stats["audio"]["low"].ravel(), train.min(axis=(0, 1)))
     np.testing.assert_array_equal(stats["audio"]["high"].ravel(), train.max(axis=(0, 1)))
+
+
+@needs_transformers
+@pytest.mark.parametrize("name", ["decalign", "misa", "self_mm"])
+def test_a_bert_model_given_float_text_features_names_the_text(tiny_bert: tuple[Path, torch.nn.Module], name: str) -> None:
+    from alignkit_models.registry import create_model
+
+    path, _ = tiny_bert
+    model = create_model(name, input_dims={"text": 3, "audio": 5, "vision": 20}, text_encoder=str(path)).eval()
+    features = {"text": torch.randn(2, 10, 3), "audio": torch.randn(2, 10, 5), "vision": torch.randn(2, 10, 20)}
+    with pytest.raises(ValueError, match=re.escape("features['text']: expected token ids (B, L, 3) of an integer dtype")):
+        model(features)
