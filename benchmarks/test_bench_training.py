@@ -121,6 +121,8 @@ def test_training_epoch_cuda_graphs(benchmark, device) -> None:
     import pytest
 
     if device.type != "cuda":
+        # Deliberate: graph capture exists only on CUDA; the CPU run checks the step's capturability
+        # in tests/models/test_cuda_graph_step.py instead, and run_gpu.sh runs this case on a GPU.
         pytest.skip("CUDA graphs need a CUDA device (run with --device cuda)")
     from alignkit_models.training.graphs import GraphedTrainStep, graph_ready_adam
     from alignkit_models.training.trainer import _train_epoch, autocast, parameter_groups

@@ -70,6 +70,7 @@ def reference() -> types.SimpleNamespace:
     """
     root = os.environ.get("ALIGNKIT_CGGM_REFERENCE")
     if not root or not (Path(root) / "models" / "msamodel.py").is_file():
+        # Deliberate: the reference is a third-party checkout we do not ship; the skip says how to get it.
         pytest.skip(
             "CGGM's released code not found: git clone https://github.com/zrguo/CGGM and set "
             "ALIGNKIT_CGGM_REFERENCE to the checkout"
