@@ -6,6 +6,8 @@
     alignkit train ... --resume runs/decalign-mosi
     alignkit evaluate --checkpoint runs/decalign-uci-mfeat/seed-1111/best.pt
     alignkit compare --models decalign,mult,misa --dataset uci-mfeat --seeds 1111 1112 1113
+    alignkit sweep --model decalign --dataset uci-mfeat --set model_options.alpha=0.01,0.1 --set model_options.beta=0.01,0.1
+    alignkit plot gap --checkpoint runs/decalign-uci-mfeat/seed-1111/best.pt       # also: confusion, curves, sensitivity
     alignkit convert-official decalign-mosi.pth decalign-mosi.pt    # a checkpoint of the authors' code
     alignkit models
     alignkit datasets
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from alignkit_models.training.checkpoint import read_json
-from alignkit_models.training.config import ConfigError, TrainConfig, apply_override, build_config, validate_config
+from alignkit_models.training.config import ConfigError, apply_override, build_config, validate_config
 from alignkit_models.training.distributed import is_main
 
 
@@ -57,11 +59,45 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data", help="MMSA pickle, if the data set needs one (default: the path used in training)")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    evaluate.add_argument("--debias", default="none", choices=["none", "mcis"], help="also report debiased metrics: mcis = MCIS counterfactual debiasing at inference (Yang et al., ECCV 2024; adapted)")
+    evaluate.add_argument("--mcis-label-weight", dest="mcis_label_weight", type=float, metavar="W", help="weight of the purified label-bias output subtracted (default 1.0)")
+    evaluate.add_argument("--mcis-context-weight", dest="mcis_context_weight", type=float, metavar="W", help="weight of the purified language-context output subtracted (default 0.1)")
+    evaluate.add_argument("--mcis-text-modality", dest="mcis_text_modality", metavar="NAME", help="language modality of the context term: auto ('text' if present; default), none, or a modality name")
+    evaluate.add_argument("--mcis-strata", dest="mcis_strata", choices=["auto", "sign", "none"], help="label strata of the backdoor adjustment: auto (classes; Acc-7/Acc-5 classes for regression; default), sign, none")
+    evaluate.add_argument("--mcis-prior", dest="mcis_prior", choices=["empirical", "uniform"], help="P(z) of the backdoor adjustment (default empirical)")
+    evaluate.add_argument("--mcis-tune", dest="mcis_tune", action="store_const", const=True, help="pick both weights on the valid split (grid) instead of the given ones")
 
     compare = commands.add_parser("compare", help="train several models under one protocol; writes results.md/.csv and a bubble plot")
     compare.add_argument("--models", required=True, help="comma-separated model names, or 'all'")
     _add_run_options(compare)
     compare.add_argument("--resume", metavar="COMPARE_DIR", help="continue an interrupted comparison")
+
+    sweep = commands.add_parser("sweep", help="train one model over a grid: every --set key=v1,v2,... with several values is an axis; rerun to continue")
+    sweep.add_argument("--model", required=True, help="model name (see `alignkit models`)")
+    _add_run_options(sweep)
+
+    plot = commands.add_parser("plot", help="draw a run: gap, confusion, curves or sensitivity (needs alignkit[plot])")
+    plots = plot.add_subparsers(dest="plot", required=True)
+    gap = plots.add_parser("gap", help="2-D projection of each modality's unique and common features, with gap measures (decalign checkpoints)")
+    gap.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, help="a decalign checkpoint (repeat to draw several side by side, e.g. with and without alignment)")
+    gap.add_argument("--label", dest="labels", action="append", help="a row title per checkpoint (default: run folder and seed)")
+    gap.add_argument("--method", default="pca", choices=["pca", "tsne", "umap"], help="2-D projection (umap needs umap-learn)")
+    gap.add_argument("--max-points", dest="max_points", type=int, default=1000, help="samples drawn per modality (all are measured)")
+    confusion = plots.add_parser("confusion", help="confusion matrix (7 sentiment classes for MOSI/MOSEI, 5 for CH-SIMS, the classes of a classification data set)")
+    confusion.add_argument("--checkpoint", required=True)
+    for command in (gap, confusion):
+        command.add_argument("--split", default="test", choices=["train", "valid", "test"])
+        command.add_argument("--data", help="MMSA pickle, if the data set needs one (default: the path used in training)")
+    curves = plots.add_parser("curves", help="training and validation curves of every loss component of a run")
+    curves.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (seed-* inside) or one seed folder")
+    sensitivity = plots.add_parser("sensitivity", help="heatmap of a metric over the grid of an `alignkit sweep`")
+    sensitivity.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    sensitivity.add_argument("--metric", help="metric key (default: the data set's first, e.g. accuracy or mae)")
+    sensitivity.add_argument("--split", default="test", choices=["test", "valid"], help="test metrics, or the validation metrics of the selected epochs")
+    sensitivity.add_argument("--x", help="axis for the columns (default: the sweep's first)")
+    sensitivity.add_argument("--y", help="axis for the rows (default: the sweep's second)")
+    for command in (gap, confusion, curves, sensitivity):
+        command.add_argument("--output", "-o", help="image file: .png, .svg or .pdf (default: beside the input)")
 
     convert = commands.add_parser("convert-official", help="turn a checkpoint of the authors' DecAlign code into an alignkit checkpoint")
     convert.add_argument("source", metavar="IN", help="their state_dict file (torch.save(model.state_dict()))")
@@ -121,16 +157,41 @@ def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from alignkit_models.data.catalog import dataset_info
-    from alignkit_models.training.checkpoint import load_checkpoint
-    from alignkit_models.training.trainer import build_model, evaluate, prepare_dataset
+    from alignkit_models.training.trainer import evaluate, load_trained
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    config = validate_config(checkpoint["config"])
-    dataset = prepare_dataset(config, args.data)
-    model = build_model(config, dataset)
-    model.load_state_dict(checkpoint["model_state"])
-    metrics = evaluate(model, dataset.split(args.split), dataset_info(config.dataset).metrics, config.protocol.batch_size, torch.device("cpu"))
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "metrics": metrics}, indent=1))
+    mcis_options = {k: getattr(args, f"mcis_{k}") for k in ("label_weight", "context_weight", "text_modality", "strata", "prior", "tune")}
+    given = [f"--mcis-{k.replace('_', '-')}" for k, v in mcis_options.items() if v is not None]
+    if args.debias != "mcis" and given:
+        raise ValueError(f"{', '.join(given)}: MCIS options need --debias mcis")
+    if args.debias == "mcis":  # check the options before the (slow) loading
+        from alignkit_models.debias.mcis import check_weight, mcis_report
+
+        for key in ("label_weight", "context_weight"):
+            if mcis_options[key] is not None:
+                check_weight(f"--mcis-{key.replace('_', '-')}", mcis_options[key])
+                if mcis_options["tune"]:
+                    raise ValueError(f"--mcis-{key.replace('_', '-')}: --mcis-tune picks the weights on the valid split; pass one or the other")
+    config, dataset, model = load_trained(args.checkpoint, args.data)
+    kind = dataset_info(config.dataset).metrics
+    if args.debias == "none":
+        metrics = evaluate(model, dataset.split(args.split), kind, config.protocol.batch_size, torch.device("cpu"))
+        print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "metrics": metrics}, indent=1))
+        return
+    metrics, debias = mcis_report(
+        model,
+        dataset,
+        args.split,
+        kind=kind,
+        batch_size=config.protocol.batch_size,
+        device=torch.device("cpu"),
+        label_weight=mcis_options["label_weight"],
+        context_weight=mcis_options["context_weight"],
+        text_modality=mcis_options["text_modality"] or "auto",
+        strata=mcis_options["strata"] or "auto",
+        prior=mcis_options["prior"] or "empirical",
+        tune=bool(mcis_options["tune"]),
+    )
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "metrics": metrics, "debias": debias}, indent=1))
 
 
 def _convert_official(args: argparse.Namespace) -> None:
@@ -169,6 +230,36 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"\nwritten: {report.folder}/results.md, results.csv" + (", bubble.png" if report.plot else ""))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from alignkit_models.training.sweep import run_sweep
+
+    report = run_sweep(args.model, args.dataset, args.overrides, config_file=args.config, **_run_options(args))
+    print(f"\n{args.model} on {args.dataset}, {len(report.cells)} cells, test metrics (mean +- std):")
+    for cell in report.cells:
+        print(f"  {cell['folder']}: " + _format_summary(cell["test"]))
+    print(f"written: {report.folder}/sweep.json, results.csv (draw it: alignkit plot sensitivity {report.folder})")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from alignkit_models import plots
+
+    if args.plot == "gap":
+        first = Path(args.checkpoints[0])
+        output = args.output or first.parent / f"gap-{args.split}.png"
+        path, measures = plots.plot_gap(args.checkpoints, output, labels=args.labels, split=args.split, method=args.method, data=args.data, max_points=args.max_points)
+        for checkpoint, values in zip(args.checkpoints, measures):
+            for kind, numbers in values.items():
+                print(f"{checkpoint} {kind}: " + "  ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
+    elif args.plot == "confusion":
+        output = args.output or Path(args.checkpoint).parent / f"confusion-{args.split}.png"
+        path, _ = plots.plot_confusion(args.checkpoint, output, split=args.split, data=args.data)
+    elif args.plot == "curves":
+        path = plots.plot_curves(args.run_dir, args.output)
+    else:
+        path = plots.plot_sensitivity(args.sweep_dir, args.output, metric=args.metric, split=args.split, x=args.x, y=args.y)
+    print(f"wrote {path}")
+
+
 def _models() -> None:
     from alignkit_models.registry import list_models
 
@@ -205,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "sweep":
+            _sweep(args)
+        elif args.command == "plot":
+            _plot(args)
         elif args.command == "convert-official":
             _convert_official(args)
         elif args.command == "models":

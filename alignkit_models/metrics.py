@@ -310,6 +310,24 @@ def iemocap_metrics(logits_or_predictions: ArrayLike, labels: ArrayLike) -> dict
     return {"wacc": _accuracy(predicted, truth), "waf1": _f1(truth, predicted, "weighted")}
 
 
+SENTIMENT_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mosi": ("-3", "-2", "-1", "0", "1", "2", "3"),
+    "sims": ("negative", "weakly negative", "neutral", "weakly positive", "positive"),
+}
+
+
+def sentiment_classes(kind: str, values: ArrayLike) -> np.ndarray:
+    """Sentiment scores ``(N,)`` as class ids ``(N,)`` int: for ``mosi``/``mosei`` the seven
+    integers of ``[-3, 3]`` (ids 0-6, the classes of Acc-7), for ``sims`` the five classes of
+    Acc-5 (ids 0-4). Names: :data:`SENTIMENT_CLASS_NAMES` (``mosei`` uses ``mosi``'s)."""
+    v = _regression_input(values, "values")
+    if kind in ("mosi", "mosei"):
+        return (np.round(np.clip(v, -3.0, 3.0)) + 3).astype(np.int64)
+    if kind == "sims":
+        return _bin(np.clip(v, -1.0, 1.0), SIMS_ACC5_THRESHOLDS).astype(np.int64)
+    raise ValueError(f"kind: expected 'mosi', 'mosei' or 'sims', received {kind!r}")
+
+
 METRICS: dict[str, MetricFn] = {
     "mosi": mosi_metrics,
     "mosei": mosi_metrics,

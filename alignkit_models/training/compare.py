@@ -99,13 +99,12 @@ def write_tables(folder: Path, summaries: dict[str, dict], configs: list[TrainCo
 
 def write_bubble_plot(path: Path, summaries: dict[str, dict], metric_family: str) -> bool:
     """Accuracy vs F1 per model, bubble area from a third metric; False when matplotlib is missing."""
-    try:
-        import matplotlib
+    from alignkit_models.plots.figure import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("alignkit compare: matplotlib is not installed (pip install 'alignkit[plot]'); no bubble plot")
+    try:
+        plt = pyplot()
+    except ImportError as error:
+        print(f"alignkit compare: no bubble plot; {error}")
         return False
     x_key, y_key, size_key = BUBBLE_AXES[metric_family]
     xs = [s["test"][x_key]["mean"] for s in summaries.values()]

@@ -40,7 +40,7 @@ from alignkit_models.metrics import MINIMISED, PRIMARY_METRIC, compute_metrics
 from alignkit_models.models.base import MultimodalModel
 from alignkit_models.registry import create_model
 from alignkit_models.training.checkpoint import atomic_write_text, load_checkpoint, read_json, save_checkpoint
-from alignkit_models.training.config import ProtocolConfig, TrainConfig
+from alignkit_models.training.config import ProtocolConfig, TrainConfig, validate_config
 from alignkit_models.training.graphs import GraphedTrainStep, device_learning_rates, graph_ready_adam
 from alignkit_models.training.distributed import (
     GlobalBatchSampler,
@@ -92,6 +92,17 @@ def prepare_dataset(config: TrainConfig, path: str | Path | None = None) -> Mult
     return dataset
 
 
+def load_trained(checkpoint_path: str | Path, data: str | Path | None = None) -> tuple[TrainConfig, MultimodalDataset, MultimodalModel]:
+    """The config, data set and trained model (on the CPU, in eval mode) of a saved checkpoint.
+    ``data``: the MMSA pickle, when it is not where the run found it."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = validate_config(checkpoint["config"])
+    dataset = prepare_dataset(config, data)
+    model = build_model(config, dataset)
+    model.load_state_dict(checkpoint["model_state"])
+    return config, dataset, model.eval()
+
+
 def set_threads(threads: int | None) -> None:
     """Intra-op CPU threads for this process; None keeps torch's default (``$OMP_NUM_THREADS``,
     else the physical cores). Several runs side by side each need fewer: two processes with two
@@ -115,27 +126,65 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+@dataclass
+class SplitPredictions:
+    """What :func:`predict` returns for a split.
+
+    Attributes:
+        predictions: ``(N,)`` for regression, ``(N, n_classes)`` logits for classification.
+        labels: ``(N,)``.
+        loss: the mean over batches of the task loss (each batch counts once, as in the
+            authors' DecAlign and MMSA trainers).
+        components: with ``components=True``, the mean over batches of each unweighted loss
+            component the model reports in evaluation mode given the labels (DecAlign's
+            alignment terms); else empty.
+    """
+
+    predictions: torch.Tensor
+    labels: torch.Tensor
+    loss: float
+    components: dict[str, float]
+
+
 @torch.no_grad()
-def predict(model: MultimodalModel, split: MultimodalSplit, batch_size: int, device: torch.device, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Predictions and labels of a whole split in eval mode, and the mean over batches of the
-    task loss (each batch counts once, as in the authors' DecAlign and MMSA trainers)."""
+def predict(
+    model: MultimodalModel,
+    split: MultimodalSplit,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    *,
+    components: bool = False,
+) -> SplitPredictions:
+    """Predictions of a whole split in eval mode (see :class:`SplitPredictions`)."""
     model.eval()
     loader = DataLoader(SplitDataset(split, model.modalities), batch_size=batch_size, shuffle=False, collate_fn=collate)
     predictions, labels, losses = [], [], []
-    for batch in loader:
-        batch = to_device(batch, device)
-        with autocast(device, precision):
-            prediction = model(batch["features"], batch["masks"]).prediction
-        losses.append(float(model.task_loss(prediction.float(), batch["labels"])))
-        predictions.append(prediction.float().cpu())
-        labels.append(batch["labels"].cpu())
-    return torch.cat(predictions), torch.cat(labels), float(np.mean(losses))
+    sums: dict[str, float] = {}
+    # Passing labels makes DecAlign compute its alignment terms, and k-means++ starts draw random
+    # numbers: fork the generators so that logging them leaves the training run unchanged.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=components):
+        for batch in loader:
+            batch = to_device(batch, device)
+            with autocast(device, precision):
+                output = model(batch["features"], batch["masks"], batch["labels"] if components else None)
+            prediction = output.prediction
+            losses.append(float(model.task_loss(prediction.float(), batch["labels"])))
+            for key, value in output.components.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            predictions.append(prediction.float().cpu())
+            labels.append(batch["labels"].cpu())
+    return SplitPredictions(torch.cat(predictions), torch.cat(labels), float(np.mean(losses)), {k: v / len(losses) for k, v in sums.items()})
 
 
 def evaluate(model: MultimodalModel, split: MultimodalSplit, metrics: str, batch_size: int, device: torch.device, precision: str = "fp32") -> dict[str, float]:
     """The data set's metrics on ``split`` plus ``loss``, the validation task loss."""
-    predictions, labels, loss = predict(model, split, batch_size, device, precision)
-    return {**compute_metrics(metrics, predictions, labels), "loss": loss}
+    return metrics_of(predict(model, split, batch_size, device, precision), metrics)
+
+
+def metrics_of(result: SplitPredictions, metrics: str) -> dict[str, float]:
+    """The metrics of family ``metrics`` for ``result``, plus its task ``loss``."""
+    return {**compute_metrics(metrics, result.predictions, result.labels), "loss": result.loss}
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
@@ -246,12 +295,14 @@ def train_seed(
         epoch_started = time.perf_counter()
         train_record = _train_epoch(model, loader, optimizer, protocol.grad_clip, device, epoch, config.progress and main, protocol.precision, scaler, network=network, graphed_step=graphed_step)
         train_seconds = time.perf_counter() - epoch_started
-        valid = evaluate(model, dataset.valid, metric_kind, protocol.batch_size, device, protocol.precision)
+        validation = predict(model, dataset.valid, protocol.batch_size, device, protocol.precision, components=True)
+        valid = metrics_of(validation, metric_kind)
         scheduler.step(valid[primary])
         record = {
             "epoch": epoch,
             "train": train_record,
             "valid": valid,
+            "valid_components": validation.components,
             "lr": float(optimizer.param_groups[-1]["lr"]),
             "train_seconds": round(train_seconds, 3),
             "valid_seconds": round(time.perf_counter() - epoch_started - train_seconds, 3),

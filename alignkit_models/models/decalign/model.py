@@ -331,6 +331,14 @@ class DecAlign(MultimodalModel):
             common[m] = self.common_encoder(projected[m]) if self.common_encoder is not None else unique[m]
         return unique, common, masks
 
+    def decoupled_features(self, features: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Pooled unique and common features ``(B, d)`` per modality: the streams the alignment
+        losses act on (the common ones before any distribution encoder), pooled as the model pools."""
+        masks = self.check_inputs(features, masks)
+        unique, common, masks = self.encode(features, masks)
+        used = {m: masks[m] if self.use_masks else None for m in self.modalities}
+        return {m: masked_mean(unique[m], used[m]) for m in self.modalities}, {m: masked_mean(common[m], used[m]) for m in self.modalities}
+
     def fuse(self, unique: Mapping[str, Tensor], common: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]) -> Tensor:
         """``[pooled cross-modal outputs per target ; pooled common features]``: ``(B, fused_dim)``."""
         parts = []
