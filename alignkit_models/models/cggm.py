@@ -81,7 +81,7 @@ from alignkit_models.layers.pooling import concat_real_steps
 from alignkit_models.layers.sequence import zero_padding
 from alignkit_models.layers.transformer import CrossModalEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.tfn import Padding, check_padding, padding_masks
+from alignkit_models.layers.options import Padding, check_padding, padding_masks
 from alignkit_models.registry import register_model
 
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from alignkit_models.layers.sequence import SequenceEncoder, align_modalities
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.tfn import Padding, check_padding, padding_masks
+from alignkit_models.layers.options import Padding, check_padding, padding_masks
 from alignkit_models.registry import register_model
 
 

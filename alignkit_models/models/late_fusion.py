@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from alignkit_models.layers.sequence import SequenceEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.tfn import Padding, build_subnets, check_padding, padding_masks, widths_per_modality
+from alignkit_models.layers.options import Padding, check_padding, padding_masks, widths_per_modality
+from alignkit_models.models.tfn import build_subnets
 from alignkit_models.registry import register_model
 
 

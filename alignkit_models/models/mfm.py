@@ -72,8 +72,8 @@ from torch import Tensor, nn
 from alignkit.functional import gaussian_mmd
 from alignkit_models.layers.sequence import SequenceEncoder, align_modalities
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.decalign.model import per_modality
-from alignkit_models.models.tfn import Padding, check_padding, padding_masks, widths_per_modality
+from alignkit_models.layers.options import per_modality
+from alignkit_models.layers.options import Padding, check_padding, padding_masks, widths_per_modality
 from alignkit_models.registry import register_model
 
 MEMORY_PARTS: tuple[str, ...] = ("attention", "proposal", "retain_gate", "update_gate")

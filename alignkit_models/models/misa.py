@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from alignkit_models.layers.sequence import run_packed
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.decalign.model import per_modality
+from alignkit_models.layers.options import per_modality
 from alignkit_models.registry import register_model
 
 

@@ -46,8 +46,8 @@ from alignkit_models.layers.heads import ResidualHead
 from alignkit_models.layers.projection import TemporalProjection
 from alignkit_models.layers.sequence import zero_padding
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.decalign.model import per_modality
-from alignkit_models.models.tfn import Padding, check_padding, padding_masks
+from alignkit_models.layers.options import per_modality
+from alignkit_models.layers.options import Padding, check_padding, padding_masks
 from alignkit_models.registry import register_model
 
 

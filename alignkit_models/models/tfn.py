@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from alignkit.decoupling import masked_mean
 from alignkit_models.layers.sequence import SequenceEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.models.decalign.model import per_modality
+from alignkit_models.layers.options import Padding, check_padding, padding_masks, widths_per_modality
 from alignkit_models.registry import register_model
 
 MAX_FUSION_WIDTH = 16
@@ -71,34 +71,6 @@ def tensor_fusion(vectors: Sequence[Tensor]) -> Tensor:
     for z in vectors[1:]:
         fused = (fused.unsqueeze(2) * with_constant_one(z).unsqueeze(1)).flatten(1)
     return fused
-
-
-Padding = Literal["masked", "included"]
-
-
-def check_padding(padding: str) -> None:
-    """``ValueError`` unless ``padding`` is ``"masked"`` or ``"included"``."""
-    if padding not in ("masked", "included"):
-        raise ValueError(f"padding: expected 'masked' or 'included', received {padding!r}")
-
-
-def padding_masks(masks: Mapping[str, Tensor], padding: Padding) -> dict[str, Tensor]:
-    """The masks a model works with: as given (``"masked"``), or all True (``"included"``:
-    padded steps count as data, as in MMSA, whose models never see a mask)."""
-    if padding == "masked":
-        return dict(masks)
-    return {m: torch.ones_like(mask) for m, mask in masks.items()}
-
-
-def widths_per_modality(value: int | Mapping[str, int], modalities: Sequence[str], name: str) -> dict[str, int]:
-    """One positive width per modality, from a single value or a ``{modality: width}`` mapping naming each."""
-    widths = per_modality(value, tuple(modalities), name, default=None)
-    for m, width in widths.items():
-        if width is None:
-            raise ValueError(f"{name}: no width for modality {m!r} (modalities: {list(modalities)})")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"{name}: expected a positive integer for {m!r}, received {width!r}")
-    return widths
 
 
 def automatic_fusion_width(n_modalities: int, max_fused_dim: int) -> int:

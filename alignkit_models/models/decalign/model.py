@@ -40,23 +40,12 @@ import alignkit
 from alignkit.decoupling import masked_mean
 from alignkit_models.layers import CrossModalEncoder, TemporalProjection, supervised_contrastive_loss
 from alignkit_models.layers.dropout import make_dropout
+from alignkit_models.layers.options import per_modality
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
 from alignkit_models.models.decalign.variants import Variant, variant_options
 from alignkit_models.registry import register_model
 
 PerModality = float | Mapping[str, float]
-
-
-def per_modality(value: Any, modalities: tuple[str, ...], name: str, default: Any = 0.0, strict: bool = True) -> dict[str, Any]:
-    """Expand a single value, or a partial ``{modality: value}`` mapping, to every modality;
-    ``strict``: a key that is not a modality is an error (else ignored, for variant defaults
-    such as ``{"text": 0.1}`` on data without text)."""
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(modalities))
-        if unknown and strict:
-            raise ValueError(f"{name}: unknown modality {unknown[0]!r} (modalities: {list(modalities)})")
-        return {m: value.get(m, default) for m in modalities}
-    return dict.fromkeys(modalities, value)
 
 
 def make_feature_encoder(dim: int, kind: str) -> nn.Module:
