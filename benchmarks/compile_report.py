@@ -16,8 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
 
-import alignkit  # noqa: E402
-from compile_cases import CASES, inputs  # noqa: E402
+from compile_cases import CASES, inputs
+
+import alignkit
 
 
 def _reasons(explanation) -> str:

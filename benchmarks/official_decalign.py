@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignkit_models.models.decalign import from_official_state_dict  # noqa: E402
-from alignkit_models.models.decalign.official import convert_state_dict  # noqa: E402
+from alignkit_models.models.decalign import from_official_state_dict
+from alignkit_models.models.decalign.official import convert_state_dict
 
 MODALITIES = ("text", "audio", "vision")
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "decalign_official.pt"

@@ -11,14 +11,19 @@ from collections import defaultdict
 from pathlib import Path
 
 
+def peak_mib(info: dict) -> float:
+    """Peak extra memory in MiB: ``peak_mib``, or ``peak_extra_bytes`` of the results stored before it."""
+    return float(info["peak_mib"]) if "peak_mib" in info else info["peak_extra_bytes"] / 2**20
+
+
 def load_mmd_points(path: Path) -> dict[str, list[tuple[int, float, float]]]:
-    """``{implementation: [(N, median seconds, peak extra MB), ...]}`` from the MMD group."""
+    """``{implementation: [(N, median seconds, peak extra MiB), ...]}`` from the MMD group."""
     points: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     for bench in json.loads(path.read_text())["benchmarks"]:
         info = bench["extra_info"]
         if not bench["group"].startswith("mmd fwd+bwd"):
             continue
-        points[info["impl"]].append((info["n"], bench["stats"]["median"], info["peak_extra_bytes"] / 2**20))
+        points[info["impl"]].append((info["n"], bench["stats"]["median"], peak_mib(info)))
     return {impl: sorted(values) for impl, values in points.items()}
 
 
@@ -30,11 +35,11 @@ def plot(points: dict[str, list[tuple[int, float, float]]], out: Path, title: st
 
     figure, (time_axes, memory_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
     for impl, values in sorted(points.items()):
-        n, seconds, megabytes = zip(*values)
+        n, seconds, mebibytes = zip(*values)
         style = "-o" if impl.startswith("alignkit") else "--s"
         time_axes.plot(n, seconds, style, label=impl)
-        memory_axes.plot(n, [max(m, 1.0) for m in megabytes], style, label=impl)
-    for axes, label in ((time_axes, "median time, fwd + bwd (s)"), (memory_axes, "peak extra memory (MB)")):
+        memory_axes.plot(n, [max(m, 1.0) for m in mebibytes], style, label=impl)
+    for axes, label in ((time_axes, "median time, fwd + bwd (s)"), (memory_axes, "peak extra memory (MiB)")):
         axes.set_xscale("log")
         axes.set_yscale("log")
         axes.set_xlabel("N = M (d = 64)")

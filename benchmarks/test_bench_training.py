@@ -61,14 +61,28 @@ def step_breakdown(model, optimizer, loader) -> dict[str, float]:
 
     phases: dict[str, float] = {}
     device = next(model.parameters()).device
+    alignment = model.alignment
 
-    def timed(name, fn):
+    def timed(name, fn, *args):
         start = time.perf_counter()
-        result = fn()
+        result = fn(*args)
         if device.type == "cuda":  # time the GPU work, not its launch
             torch.cuda.synchronize(device)
         phases[name] = phases.get(name, 0.0) + (time.perf_counter() - start) * 1e3
         return result
+
+    def head(fused):
+        return model.head_output(model.head(model.output_dropout(fused)))
+
+    def heterogeneity(u, m):
+        return alignment.heterogeneity(sample_sets(u, m, "pooled"))
+
+    def contrastive_loss(fused, labels):
+        return supervised_contrastive_loss(fused, model.contrastive_classes(labels), model.contrastive_temperature)
+
+    def backward(total):
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
 
     model.train()
     steps = 0
@@ -76,26 +90,25 @@ def step_breakdown(model, optimizer, loader) -> dict[str, float]:
         batch = to_device(batch, device)
         features, labels = batch["features"], batch["labels"]
         masks = model.check_inputs(features, batch["masks"])
-        unique, common, masks = timed("network: projections + encoders", lambda: model.encode(features, masks))
+        unique, common, masks = timed("network: projections + encoders", model.encode, features, masks)
         used = dict(masks) if model.use_masks else dict.fromkeys(model.modalities)
-        fused = timed("network: cross-modal transformers + fusion", lambda: model.fuse(unique, common, used))
-        prediction = timed("network: head", lambda: model.head_output(model.head(model.output_dropout(fused))))
-        task = timed("loss: task", lambda: model.task_loss(prediction, labels))
+        fused = timed("network: cross-modal transformers + fusion", model.fuse, unique, common, used)
+        prediction = timed("network: head", head, fused)
+        task = timed("loss: task", model.task_loss, prediction, labels)
         order = model.modalities
         u, c, m = [unique[k] for k in order], [common[k] for k in order], [used[k] for k in order]
-        alignment = model.alignment
-        dec = timed("loss: decoupling", lambda: alignment.decoupling(u, c, m))
-        hete = timed("loss: heterogeneity (GMM + OT + calibration)", lambda: alignment.heterogeneity(sample_sets(u, m, "pooled")))
+        dec = timed("loss: decoupling", alignment.decoupling, u, c, m)
+        hete = timed("loss: heterogeneity (GMM + OT + calibration)", heterogeneity, u, m)
         if model.distribution_encoders:
             homo_inputs = [model.distribution_encoders[k](masked_mean(common[k], used[k])) for k in order]
         else:
             homo_inputs = sample_sets(c, m, "pooled")
-        homo = timed("loss: homogeneity (moments + MMD)", lambda: alignment.homogeneity(homo_inputs))
+        homo = timed("loss: homogeneity (moments + MMD)", alignment.homogeneity, homo_inputs)
         total = task + dec + alignment.alpha * hete.total + alignment.beta * homo.total
         if model.contrastive_weight > 0:
-            contrastive = timed("loss: contrastive", lambda: supervised_contrastive_loss(fused, model.contrastive_classes(labels), model.contrastive_temperature))
+            contrastive = timed("loss: contrastive", contrastive_loss, fused, labels)
             total = total + model.contrastive_weight * contrastive
-        timed("backward", lambda: (optimizer.zero_grad(set_to_none=True), total.backward()))
+        timed("backward", backward, total)
         timed("optimizer", optimizer.step)
         steps += 1
     return {k: round(v / steps, 2) for k, v in phases.items()}
@@ -108,10 +121,13 @@ def test_training_epoch(benchmark, device, case: str) -> None:
     benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
     model, optimizer, loader, config = _setup(n_train, case)
     model.to(device)
-    run = lambda: _train_epoch(model, loader, optimizer, config.protocol.grad_clip, device, 1, progress=False)  # noqa: E731
+
+    def run() -> None:
+        _train_epoch(model, loader, optimizer, config.protocol.grad_clip, device, 1, progress=False)
+
     benchmark.extra_info["step_breakdown_ms"] = step_breakdown(model, optimizer, loader)
     measure(benchmark, run, device, rounds=2, impl=case.removesuffix("-epoch"), n_train=n_train, batch_size=config.protocol.batch_size)
-    benchmark.extra_info["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    benchmark.extra_info["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 3)  # ru_maxrss: KiB on Linux
 
 
 def test_training_epoch_cuda_graphs(benchmark, device) -> None:
@@ -125,7 +141,11 @@ def test_training_epoch_cuda_graphs(benchmark, device) -> None:
         # in tests/models/test_cuda_graph_step.py instead, and run_gpu.sh runs this case on a GPU.
         pytest.skip("CUDA graphs need a CUDA device (run with --device cuda)")
     from alignkit_models.training.graphs import GraphedTrainStep, graph_ready_adam
-    from alignkit_models.training.trainer import _train_epoch, autocast, parameter_groups
+    from alignkit_models.training.trainer import (
+        _train_epoch,
+        autocast,
+        parameter_groups,
+    )
 
     n_train = 1284 if benchmark.enabled else 64
     benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
@@ -134,5 +154,8 @@ def test_training_epoch_cuda_graphs(benchmark, device) -> None:
     protocol = config.protocol
     optimizer = graph_ready_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=device)
     step = GraphedTrainStep(model, optimizer, protocol.grad_clip, lambda: autocast(device, "fp32", cache_enabled=False), warmup_steps=1)
-    run = lambda: _train_epoch(model, loader, optimizer, protocol.grad_clip, device, 1, progress=False, graphed_step=step)  # noqa: E731
+
+    def run() -> None:
+        _train_epoch(model, loader, optimizer, protocol.grad_clip, device, 1, progress=False, graphed_step=step)
+
     measure(benchmark, run, device, rounds=3, impl="official-variant-cuda-graphs", n_train=n_train, batch_size=protocol.batch_size)
