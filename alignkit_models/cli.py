@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--dataset", default="mosi", help="data set the checkpoint was trained on (default mosi)")
     convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="a model option the weights do not show, e.g. model_options.n_heads=10 (repeatable)")
 
-    commands.add_parser("models", help="list the models with their parameter counts")
+    models = commands.add_parser("models", help="list the models with their parameter counts")
+    models.add_argument("--all", dest="all_systems", action="store_true", help="also the DecAlign paper's comparison systems that are not in the zoo, and why")
     commands.add_parser("datasets", help="list the data sets")
     return parser
 
@@ -260,8 +261,8 @@ def _plot(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _models() -> None:
-    from alignkit_models.registry import list_models
+def _models(all_systems: bool = False) -> None:
+    from alignkit_models.registry import NOT_IN_THE_ZOO, list_models
 
     mosi = {"text": 768, "audio": 5, "vision": 20}
     uci = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
@@ -277,6 +278,10 @@ def _models() -> None:
         print(f"{name:13s} {p_mosi:>12s} {p_uci:>12s}  {modalities[:28]:28s} {fidelity:9s} {summary}")
         if notes:
             print(f"{'':13s} {'':>12s} {'':>12s}  notes: {notes}")
+    if all_systems:
+        print("\nThe DecAlign paper's other comparison systems, not models of this zoo:")
+        for name, reason in NOT_IN_THE_ZOO.items():
+            print(f"{name:13s} {reason}")
 
 
 def _datasets() -> None:
@@ -303,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "convert-official":
             _convert_official(args)
         elif args.command == "models":
-            _models()
+            _models(args.all_systems)
         else:
             _datasets()
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as error:  # ImportError: a missing optional extra

@@ -73,3 +73,16 @@ def create_model(name: str, **options: Any) -> MultimodalModel:
     if name not in _REGISTRY:
         raise ValueError(f"name: expected one of {sorted(_REGISTRY)}, received {name!r}")
     return _REGISTRY[name].cls(**options)
+
+
+NOT_IN_THE_ZOO: dict[str, str] = {
+    "PMR": "Progressive Modality Reinforcement (Lv et al., CVPR 2021): not implemented yet",
+    "FDMER": "disentangled representation learning for multimodal emotion recognition (Yang et al., ACM MM 2022): not implemented yet",
+    "AOBERT": "All-modalities-in-One BERT (Kim and Park, Information Fusion 2023): not implemented yet",
+    "MUTA-Net": "not identifiable: the DecAlign paper's tables cite it as reference [32], but the copy of the "
+    "paper we have has no reference list, and searches of public papers and code for 'MUTA-Net' "
+    "with multimodal sentiment analysis found no method of that name",
+    "MCIS": "not a model: inference-time debiasing of any trained model, `alignkit evaluate --debias mcis` (adapted)",
+}
+"""The DecAlign paper's comparison systems that are not models of the zoo, and why."""
+

@@ -130,3 +130,8 @@ def test_cli_lists_models_with_parameter_counts(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("decalign"))
     assert any(ch.isdigit() for ch in line.split()[1])
+    assert "MUTA-Net" not in out
+    assert main(["models", "--all"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"PMR", "FDMER", "AOBERT", "MUTA-Net", "MCIS"} <= set(listed)
+    assert "not identifiable" in listed["MUTA-Net"] and "--debias mcis" in listed["MCIS"]
