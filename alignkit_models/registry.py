@@ -76,8 +76,6 @@ def create_model(name: str, **options: Any) -> MultimodalModel:
 
 
 NOT_IN_THE_ZOO: dict[str, str] = {
-    "PMR": "Progressive Modality Reinforcement (Lv et al., CVPR 2021): not implemented yet",
-    "FDMER": "disentangled representation learning for multimodal emotion recognition (Yang et al., ACM MM 2022): not implemented yet",
     "AOBERT": "All-modalities-in-One BERT (Kim and Park, Information Fusion 2023): not implemented yet",
     "MUTA-Net": "not identifiable: the DecAlign paper's tables cite it as reference [32], but the copy of the "
     "paper we have has no reference list, and searches of public papers and code for 'MUTA-Net' "

@@ -51,10 +51,12 @@ SMALL_OPTIONS: dict[str, dict[str, Any]] = {
     "decalign": {"dim": 16, "n_heads": 2, "n_layers": 1, "n_components": 3},
     "dmd": {"dim": 16, "n_heads": 2, "n_layers": 1, "homo_code_dim": 8, "hetero_code_dim": 8},
     "early_fusion": {"hidden_dim": 32},
+    "fdmer": {"hidden_dim": 32, "rnn_dim": 16},
     "late_fusion": {"hidden_dim": 16, "fusion_dim": 32},
     "lmf": {"hidden_dim": 16},
     "misa": {"hidden_dim": 32, "rnn_dim": 16},
     "mult": {"dim": 16, "n_heads": 2, "n_layers": 1},
+    "pmr": {"dim": 16, "n_heads": 2, "n_layers": 1},
     "self_mm": {"rnn_dim": 16, "feature_dim": 16, "fusion_dim": 32, "head_dim": 16},
     "tfn": {"hidden_dim": 16, "post_fusion_dim": 32},
 }
