@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 Task = Literal["regression", "classification"]
 
@@ -130,3 +130,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         masks[m] = steps.unsqueeze(0) < lengths.unsqueeze(1)
     labels = torch.from_numpy(np.asarray([s["label"] for s in samples]))
     return {"features": features, "masks": masks, "labels": labels}
+
+
+def ordered_batches(split: MultimodalSplit, modalities: tuple[str, ...], batch_size: int) -> DataLoader:
+    """The split's samples in their order, ``batch_size`` at a time, collated (evaluation, plots, debiasing)."""
+    return DataLoader(SplitDataset(split, tuple(modalities)), batch_size=batch_size, shuffle=False, collate_fn=collate)

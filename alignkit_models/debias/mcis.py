@@ -63,21 +63,20 @@ What the paper leaves open, or what we could not take from it, and what we chose
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
+from alignkit._checks import check_non_negative
 from alignkit_models.data.base import (
     MultimodalDataset,
     MultimodalSplit,
-    SplitDataset,
-    collate,
     is_token_array,
+    ordered_batches,
 )
 from alignkit_models.metrics import PRIMARY_METRIC, compute_metrics, sentiment_classes
 from alignkit_models.models.base import MultimodalModel
@@ -148,10 +147,7 @@ class MCISOutputs:
 
 def check_weight(name: str, value: float) -> float:
     """``value`` as a float; ``ValueError`` naming ``name`` unless finite and ``>= 0``."""
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, received {value}")
-    return value
+    return check_non_negative(float(value), name)
 
 
 def label_strata(labels: np.ndarray, task: str, kind: str | None = None, strata: str = "auto") -> tuple[np.ndarray, tuple[str, ...]]:
@@ -307,11 +303,6 @@ def _backdoor(outputs: Tensor, prior: Tensor, batch: int) -> Tensor:
     return (grouped * weights).sum(1)
 
 
-def _batches(split: MultimodalSplit, modalities: Sequence[str], batch_size: int) -> Iterator[dict]:
-    loader = DataLoader(SplitDataset(split, tuple(modalities)), batch_size=batch_size, shuffle=False, collate_fn=collate)
-    yield from loader
-
-
 @torch.no_grad()
 def mcis_outputs(
     model: MultimodalModel,
@@ -364,7 +355,7 @@ def mcis_outputs(
         outputs = _forward(model, {m: means[m] for m in modalities}, {m: mean_masks[m] for m in modalities}, batch_size)
         shared_label = _backdoor(outputs, prior, 1)[0]
     factual, labels, label_out, context_out = [], [], [], []
-    for batch in _batches(split, modalities, batch_size):
+    for batch in ordered_batches(split, tuple(modalities), batch_size):
         features = {m: x.to(device) for m, x in batch["features"].items()}
         masks = {m: x.to(device) for m, x in batch["masks"].items()}
         size = batch["labels"].shape[0]

@@ -47,3 +47,18 @@ def widths_per_modality(value: int | Mapping[str, int], modalities: Sequence[str
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"{name}: expected a positive integer for {m!r}, received {width!r}")
     return widths
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an integer ``>= 1`` (not a bool); else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, received {value!r}")
+    return value
+
+
+def dropout_rate(value: Any, name: str) -> float:
+    """``value`` as a float if it is a number in ``[0, 1)``; else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a dropout rate in [0, 1), received {value!r}")
+    return float(value)
+

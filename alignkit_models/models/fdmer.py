@@ -76,7 +76,6 @@ classes, the fusion sequence has ``2M`` vectors.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -84,7 +83,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit_models.layers.options import widths_per_modality
+from alignkit._checks import check_non_negative
+from alignkit_models.layers.options import dropout_rate, positive_int, widths_per_modality
 from alignkit_models.layers.sequence import SequenceEncoder
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
 from alignkit_models.registry import register_model
@@ -138,16 +138,6 @@ def modality_cross_entropy(logits: Sequence[Tensor]) -> Tensor:
     return torch.stack(terms).mean()
 
 
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, received {value!r}")
-
-
-def _check_non_negative(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, received {value!r}")
-
-
 @register_model(
     "fdmer",
     summary="FDMER: shared common and per-modality private encoders, an adversarial modality "
@@ -192,19 +182,18 @@ class FDMER(MultimodalModel):
         mods = self.modalities
         if len(mods) < 2:
             raise ValueError(f"input_dims: FDMER needs at least 2 modalities, received {list(mods)}")
-        _check_positive_int(hidden_dim, "hidden_dim")
-        _check_positive_int(n_heads, "n_heads")
+        positive_int(hidden_dim, "hidden_dim")
+        positive_int(n_heads, "n_heads")
         if hidden_dim % n_heads:
             raise ValueError(f"n_heads: expected a divisor of hidden_dim={hidden_dim}, received {n_heads}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), received {dropout!r}")
+        dropout_rate(dropout, "dropout")
         for name, value in (
             ("consistency_weight", consistency_weight),
             ("disparity_weight", disparity_weight),
             ("adversarial_weight", adversarial_weight),
             ("reversal_scale", reversal_scale),
         ):
-            _check_non_negative(value, name)
+            check_non_negative(value, name)
         rnn_dims = widths_per_modality(rnn_dim, mods, "rnn_dim")
         self.loss_weights = {
             "consistency": float(consistency_weight),

@@ -72,8 +72,7 @@ from torch import Tensor, nn
 from alignkit.functional import gaussian_mmd
 from alignkit_models.layers.sequence import SequenceEncoder, align_modalities
 from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
-from alignkit_models.layers.options import per_modality
-from alignkit_models.layers.options import Padding, check_padding, padding_masks, widths_per_modality
+from alignkit_models.layers.options import Padding, check_padding, dropout_rate, padding_masks, per_modality, widths_per_modality
 from alignkit_models.registry import register_model
 
 MEMORY_PARTS: tuple[str, ...] = ("attention", "proposal", "retain_gate", "update_gate")
@@ -219,11 +218,6 @@ def factor_map(z_dim: int, f_dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(z_dim, f_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(f_dim, f_dim), nn.ReLU())
 
 
-def _check_rate(value: float | None, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a dropout rate in [0, 1), received {value!r}")
-
-
 @register_model(
     "mfm",
     summary="Multimodal Factorization Model: MFN discriminative factor + per-modality generative factors, "
@@ -322,11 +316,11 @@ class MFM(MultimodalModel):
         rates = {"dropout": dropout, "discriminative_dropout": discriminative_dropout, "head_dropout": head_dropout}
         for name, rate in rates.items():
             if rate is not None:  # None: use ``dropout``
-                _check_rate(rate, name)
+                dropout_rate(rate, name)
         for part, rate in memory_dropouts.items():
-            _check_rate(rate, f"memory_dropout[{part!r}]")
+            dropout_rate(rate, f"memory_dropout[{part!r}]")
         for m, rate in private_dropouts.items():
-            _check_rate(rate, f"private_dropout[{m!r}]")
+            dropout_rate(rate, f"private_dropout[{m!r}]")
         self.memory_fusion = MemoryFusion(
             list(dims.values()),
             [cells[m] for m in names],

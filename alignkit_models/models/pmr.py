@@ -69,6 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit_models.layers.heads import ResidualHead
+from alignkit_models.layers.options import dropout_rate, positive_int
 from alignkit_models.layers.pooling import concat_real_steps
 from alignkit_models.layers.projection import TemporalProjection
 from alignkit_models.layers.sequence import zero_padding
@@ -77,18 +78,6 @@ from alignkit_models.models.base import ModelOutput, MultimodalModel, Task
 from alignkit_models.registry import register_model
 
 HubInit = Literal["concat", "learned"]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, received {value!r}")
-    return value
-
-
-def _rate(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a dropout rate in [0, 1), received {value!r}")
-    return float(value)
 
 
 def last_real_steps_of_segments(joint: Tensor, masks: list[Tensor]) -> Tensor:
@@ -178,19 +167,19 @@ class PMR(MultimodalModel):
         mods = self.modalities
         if len(mods) < 2:
             raise ValueError(f"input_dims: PMR needs at least 2 modalities, received {list(mods)}")
-        dim = _positive_int(dim, "dim")
-        n_heads = _positive_int(n_heads, "n_heads")
+        dim = positive_int(dim, "dim")
+        n_heads = positive_int(n_heads, "n_heads")
         if dim % n_heads:
             raise ValueError(f"n_heads: expected a divisor of dim={dim}, received {n_heads}")
-        self.n_layers = _positive_int(n_layers, "n_layers")
-        memory_layers = _positive_int(self.n_layers if memory_layers is None else memory_layers, "memory_layers")
+        self.n_layers = positive_int(n_layers, "n_layers")
+        memory_layers = positive_int(self.n_layers if memory_layers is None else memory_layers, "memory_layers")
         if hub_init not in ("concat", "learned"):
             raise ValueError(f"hub_init: expected 'concat' or 'learned', received {hub_init!r}")
-        hub_length = _positive_int(hub_length, "hub_length")
+        hub_length = positive_int(hub_length, "hub_length")
         if reinforce is not True and reinforce is not False:
             raise ValueError(f"reinforce: expected True or False, received {reinforce!r}")
         rates = {
-            name: _rate(value, name)
+            name: dropout_rate(value, name)
             for name, value in (
                 ("attn_dropout", attn_dropout),
                 ("relu_dropout", relu_dropout),

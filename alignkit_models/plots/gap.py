@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from alignkit.kernels.mmd import gaussian_mmd
-from alignkit_models.data.base import MultimodalSplit, SplitDataset, collate
+from alignkit_models.data.base import MultimodalSplit, ordered_batches
 from alignkit_models.models.base import MultimodalModel
 from alignkit_models.plots.figure import check_output, pyplot, save
 
@@ -45,7 +44,7 @@ def decoupled_features(model: MultimodalModel, split: MultimodalSplit, batch_siz
     if not hasattr(model, "decoupled_features"):
         raise ValueError(f"checkpoint: {type(model).__name__} has no unique and common features to plot (plot gap needs a decalign checkpoint)")
     model.eval()
-    loader = DataLoader(SplitDataset(split, model.modalities), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = ordered_batches(split, model.modalities, batch_size)
     parts: dict[str, dict[str, list[np.ndarray]]] = {kind: {m: [] for m in model.modalities} for kind in KINDS}
     for batch in loader:
         for kind, pooled in zip(KINDS, model.decoupled_features(batch["features"], batch["masks"])):

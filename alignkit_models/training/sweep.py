@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
@@ -165,8 +166,6 @@ def run_sweep(
 
 def _valid_summary(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and std over seeds of each validation metric at the selected epoch."""
-    import numpy as np
-
     keys = per_seed[0]["valid"].keys()
     return {k: {"mean": float(np.mean([r["valid"][k] for r in per_seed])), "std": float(np.std([r["valid"][k] for r in per_seed]))} for k in keys}
 

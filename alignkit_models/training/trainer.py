@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, SplitDataset, collate
+from alignkit_models.data.base import MultimodalDataset, MultimodalSplit, SplitDataset, collate, ordered_batches
 from alignkit_models.data.catalog import dataset_info, load_dataset
 from alignkit_models.data.preprocess import standardize_features
 from alignkit_models.metrics import MINIMISED, PRIMARY_METRIC, compute_metrics
@@ -158,9 +158,9 @@ def predict(
 ) -> SplitPredictions:
     """Predictions of a whole split in eval mode (see :class:`SplitPredictions`)."""
     model.eval()
-    loader = DataLoader(SplitDataset(split, model.modalities), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = ordered_batches(split, model.modalities, batch_size)
     predictions, labels, losses = [], [], []
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per batch for logging
     # Passing labels makes DecAlign compute its alignment terms, and k-means++ starts draw random
     # numbers: fork the generators so that logging them leaves the training run unchanged.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=components):
@@ -171,10 +171,10 @@ def predict(
             prediction = output.prediction
             losses.append(float(model.task_loss(prediction.float(), batch["labels"])))
             for key, value in output.components.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                sums[key] = sums[key] + value.detach().double() if key in sums else value.detach().double()
             predictions.append(prediction.float().cpu())
             labels.append(batch["labels"].cpu())
-    return SplitPredictions(torch.cat(predictions), torch.cat(labels), float(np.mean(losses)), {k: v / len(losses) for k, v in sums.items()})
+    return SplitPredictions(torch.cat(predictions), torch.cat(labels), float(np.mean(losses)), {k: float(v) / len(losses) for k, v in sums.items()})
 
 
 def evaluate(model: MultimodalModel, split: MultimodalSplit, metrics: str, batch_size: int, device: torch.device, precision: str = "fp32") -> dict[str, float]:
