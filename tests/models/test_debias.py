@@ -213,6 +213,7 @@ def test_every_zoo_model_gets_finite_debiased_predictions(name: str) -> None:
     assert debiased.shape == (4, 3) and torch.isfinite(debiased).all()
 
 
+# Runs in CI (the "dev" extra installs transformers); skipped only where the optional "text" extra is absent.
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers (alignkit[text])")
 @pytest.mark.parametrize("name", ["misa", "self_mm"])
 def test_models_with_a_bert_text_encoder_run_on_token_ids(name: str, tmp_path: Path) -> None:

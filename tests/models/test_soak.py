@@ -35,6 +35,7 @@ MAX_GROWTH = 0.05
 
 pytestmark = [
     pytest.mark.slow,
+    # Linux only (CI and this machine have /proc); elsewhere there is no portable RSS reading to check.
     pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident set size from /proc/self/statm"),
 ]
 
