@@ -40,14 +40,10 @@ class MultimodalSplit:
         n = len(self.labels)
         for name, array in self.features.items():
             if array.ndim != 3 or array.shape[0] != n:
-                raise ValueError(
-                    f"features[{name!r}]: expected shape ({n}, T, d), received {array.shape}"
-                )
+                raise ValueError(f"features[{name!r}]: expected shape ({n}, T, d), received {array.shape}")
             lengths = self.lengths.get(name)
             if lengths is None or lengths.shape != (n,):
-                raise ValueError(
-                    f"lengths[{name!r}]: expected shape ({n},), received {None if lengths is None else lengths.shape}"
-                )
+                raise ValueError(f"lengths[{name!r}]: expected shape ({n},), received {None if lengths is None else lengths.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,9 +70,7 @@ class MultimodalDataset:
     @property
     def token_modalities(self) -> tuple[str, ...]:
         """Modalities held as int64 ``(N, L, 3)`` token ids rather than float features."""
-        return tuple(
-            m for m in self.modalities if is_token_array(self.train.features[m])
-        )
+        return tuple(m for m in self.modalities if is_token_array(self.train.features[m]))
 
     @property
     def sequence_lengths(self) -> dict[str, int]:
@@ -85,9 +79,7 @@ class MultimodalDataset:
 
     def split(self, name: str) -> MultimodalSplit:
         if name not in ("train", "valid", "test"):
-            raise ValueError(
-                f"split: expected 'train', 'valid' or 'test', received {name!r}"
-            )
+            raise ValueError(f"split: expected 'train', 'valid' or 'test', received {name!r}")
         return getattr(self, name)
 
 
@@ -140,16 +132,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {"features": features, "masks": masks, "labels": labels}
 
 
-def ordered_batches(
-    split: MultimodalSplit, modalities: tuple[str, ...], batch_size: int
-) -> DataLoader:
+def ordered_batches(split: MultimodalSplit, modalities: tuple[str, ...], batch_size: int) -> DataLoader:
     """The split's samples in their order, ``batch_size`` at a time, collated (evaluation, plots, debiasing)."""
     # A DataLoader without a generator draws a seed from torch's global generator each time it
     # is iterated; its own generator keeps evaluating between epochs from shifting training's draws.
-    return DataLoader(
-        SplitDataset(split, tuple(modalities)),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=collate,
-        generator=torch.Generator(),
-    )
+    return DataLoader(SplitDataset(split, tuple(modalities)), batch_size=batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator())

@@ -22,50 +22,16 @@ def _tiny_dataset(n: int = 48, seed: int = 0) -> MultimodalDataset:
 
     def split(size: int) -> MultimodalSplit:
         labels = rng.integers(0, 3, size)
-        features = {
-            f"v{i}": (rng.normal(size=(size, 1, 5)) + labels[:, None, None]).astype(
-                np.float32
-            )
-            for i in range(3)
-        }
-        return MultimodalSplit(
-            features, {k: np.ones(size, dtype=np.int64) for k in features}, labels
-        )
+        features = {f"v{i}": (rng.normal(size=(size, 1, 5)) + labels[:, None, None]).astype(np.float32) for i in range(3)}
+        return MultimodalSplit(features, {k: np.ones(size, dtype=np.int64) for k in features}, labels)
 
-    return MultimodalDataset(
-        "tiny",
-        ("v0", "v1", "v2"),
-        "classification",
-        split(n),
-        split(24),
-        split(24),
-        n_classes=3,
-    )
+    return MultimodalDataset("tiny", ("v0", "v1", "v2"), "classification", split(n), split(24), split(24), n_classes=3)
 
 
 def _config(tmp_path: Path, **protocol):
-    overrides = [
-        f"protocol.{k}={v}"
-        for k, v in {
-            "batch_size": 16,
-            "max_epochs": 4,
-            "early_stopping_patience": 10,
-            **protocol,
-        }.items()
-    ]
-    overrides += [
-        "model_options.dim=8",
-        "model_options.n_heads=2",
-        "model_options.n_components=2",
-    ]
-    return build_config(
-        "decalign",
-        "uci-mfeat",
-        overrides=overrides,
-        seeds=[7],
-        output_dir=str(tmp_path),
-        progress=False,
-    )
+    overrides = [f"protocol.{k}={v}" for k, v in {"batch_size": 16, "max_epochs": 4, "early_stopping_patience": 10, **protocol}.items()]
+    overrides += ["model_options.dim=8", "model_options.n_heads=2", "model_options.n_components=2"]
+    return build_config("decalign", "uci-mfeat", overrides=overrides, seeds=[7], output_dir=str(tmp_path), progress=False)
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
@@ -73,18 +39,11 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     first = train_seed(config, data, 7, tmp_path / "a")
     second = train_seed(config, data, 7, tmp_path / "b")
     assert first.test == second.test
-    a, b = (
-        load_checkpoint(tmp_path / "a" / "last.pt"),
-        load_checkpoint(tmp_path / "b" / "last.pt"),
-    )
-    assert all(
-        torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"]
-    )
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
 
 
-def test_evaluating_between_epochs_leaves_the_training_run_unchanged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_evaluating_between_epochs_leaves_the_training_run_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Evaluation must not draw from the generators training uses: a run that evaluates its
     validation split once more after every epoch, with and without the alignment terms, trains
     exactly as one that does not (a DataLoader without its own generator drew a seed from torch's
@@ -101,19 +60,12 @@ def test_evaluating_between_epochs_leaves_the_training_run_unchanged(
 
     monkeypatch.setattr(trainer, "predict", predict_twice)
     extra = train_seed(config, data, 7, tmp_path / "extra")
-    history = [
-        json.loads((tmp_path / name / "history.json").read_text())
-        for name in ("plain", "extra")
-    ]
-    assert [epoch["train"] for epoch in history[0]] == [
-        epoch["train"] for epoch in history[1]
-    ]
+    history = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("plain", "extra")]
+    assert [epoch["train"] for epoch in history[0]] == [epoch["train"] for epoch in history[1]]
     assert plain.test == extra.test
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(
-    tmp_path: Path,
-) -> None:
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     config, data = _config(tmp_path), _tiny_dataset()
     reference = train_seed(config, data, 7, tmp_path / "full")
 
@@ -136,9 +88,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
-def test_early_stopping_stops_after_patience_epochs_without_improvement(
-    tmp_path: Path,
-) -> None:
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path: Path) -> None:
     config = _config(tmp_path, max_epochs=30, early_stopping_patience=2, lr=1e-9)
     result = train_seed(config, _tiny_dataset(), 7, tmp_path / "s")
     assert result.epochs_run == result.best_epoch + 2
@@ -151,23 +101,14 @@ def test_run_experiment_writes_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert summary["test"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
     assert summary["test"]["accuracy"]["std"] == pytest.approx(np.std(accuracies))
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
-    assert (
-        rows[0].startswith("seed,best_epoch,accuracy")
-        and rows[-2].startswith("mean")
-        and rows[-1].startswith("std")
-    )
+    assert rows[0].startswith("seed,best_epoch,accuracy") and rows[-2].startswith("mean") and rows[-1].startswith("std")
 
 
 def test_resumed_experiment_reuses_finished_seeds(tmp_path: Path) -> None:
     config = _config(tmp_path, max_epochs=1).model_copy(update={"seeds": [1]})
     run_experiment(config, run_dir=tmp_path / "run", dataset=_tiny_dataset())
     stamp = (tmp_path / "run" / "seed-1" / "metrics.json").stat().st_mtime_ns
-    run_experiment(
-        config.model_copy(update={"seeds": [1, 2]}),
-        run_dir=tmp_path / "run",
-        resume=True,
-        dataset=_tiny_dataset(),
-    )
+    run_experiment(config.model_copy(update={"seeds": [1, 2]}), run_dir=tmp_path / "run", resume=True, dataset=_tiny_dataset())
     assert (tmp_path / "run" / "seed-1" / "metrics.json").stat().st_mtime_ns == stamp
     assert (tmp_path / "run" / "seed-2" / "metrics.json").exists()
 
@@ -175,77 +116,28 @@ def test_resumed_experiment_reuses_finished_seeds(tmp_path: Path) -> None:
 def test_config_precedence_preset_file_set_flags(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
     file.write_text("protocol: {lr: 0.5, batch_size: 8}\nmodel_options: {dim: 16}\n")
-    config = build_config(
-        "decalign",
-        "uci-mfeat",
-        config_file=file,
-        overrides=["protocol.lr=0.25"],
-        max_epochs=3,
-    )
-    assert (
-        config.protocol.lr,
-        config.protocol.batch_size,
-        config.protocol.max_epochs,
-    ) == (0.25, 8, 3)
-    assert (
-        config.model_options["dim"] == 16 and config.model_options["n_components"] == 4
-    )  # rest from the preset
+    config = build_config("decalign", "uci-mfeat", config_file=file, overrides=["protocol.lr=0.25"], max_epochs=3)
+    assert (config.protocol.lr, config.protocol.batch_size, config.protocol.max_epochs) == (0.25, 8, 3)
+    assert config.model_options["dim"] == 16 and config.model_options["n_components"] == 4  # rest from the preset
 
 
 @pytest.mark.parametrize(
     ("overrides", "field"),
-    [
-        (["protocol.lr=-1"], "protocol.lr"),
-        (["protocol.batch_size=zero"], "protocol.batch_size"),
-        (["model_options.widht=3"], "model_options.widht"),
-        (["nonsense=1"], "nonsense"),
-    ],
+    [(["protocol.lr=-1"], "protocol.lr"), (["protocol.batch_size=zero"], "protocol.batch_size"), (["model_options.widht=3"], "model_options.widht"), (["nonsense=1"], "nonsense")],
 )
 def test_bad_config_values_name_the_field(overrides: list[str], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         build_config("decalign", "uci-mfeat", overrides=overrides)
 
 
-def test_cli_reports_a_bad_value_in_one_line(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "decalign",
-                "--dataset",
-                "uci-mfeat",
-                "--set",
-                "protocol.lr=-1",
-            ]
-        )
-        == 2
-    )
+def test_cli_reports_a_bad_value_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--model", "decalign", "--dataset", "uci-mfeat", "--set", "protocol.lr=-1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        len(err.splitlines()) == 1 and "protocol.lr" in err and "Traceback" not in err
-    )
+    assert len(err.splitlines()) == 1 and "protocol.lr" in err and "Traceback" not in err
 
 
-def test_cli_train_then_evaluate_reproduces_the_test_metrics(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = [
-        "train",
-        "--model",
-        "late_fusion",
-        "--dataset",
-        "uci-mfeat",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--output-dir",
-        str(tmp_path),
-        "--no-progress",
-    ]
+def test_cli_train_then_evaluate_reproduces_the_test_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--model", "late_fusion", "--dataset", "uci-mfeat", "--seeds", "1", "--epochs", "1", "--output-dir", str(tmp_path), "--no-progress"]
     assert main(args) == 0
     run = tmp_path / "late_fusion-uci-mfeat"
     trained = json.loads((run / "results.json").read_text())["per_seed"][0]["test"]
@@ -255,25 +147,13 @@ def test_cli_train_then_evaluate_reproduces_the_test_metrics(
     assert evaluated == pytest.approx(trained)
 
 
-def test_cli_lists_models_with_parameter_counts(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_cli_lists_models_with_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("decalign"))
     assert any(ch.isdigit() for ch in line.split()[1])
     assert "MUTA-Net" not in out
     assert main(["models", "--all"]) == 0
-    listed = {
-        line.split()[0]: line
-        for line in capsys.readouterr().out.splitlines()
-        if line.strip()
-    }
-    assert (
-        {"AOBERT", "MUTA-Net", "MCIS"} <= set(listed)
-        and "pmr" in listed
-        and "PMR" not in listed
-    )
-    assert (
-        "not identifiable" in listed["MUTA-Net"] and "--debias mcis" in listed["MCIS"]
-    )
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"AOBERT", "MUTA-Net", "MCIS"} <= set(listed) and "pmr" in listed and "PMR" not in listed
+    assert "not identifiable" in listed["MUTA-Net"] and "--debias mcis" in listed["MCIS"]
