@@ -76,7 +76,6 @@ def create_model(name: str, **options: Any) -> MultimodalModel:
 
 
 NOT_IN_THE_ZOO: dict[str, str] = {
-    "AOBERT": "All-modalities-in-One BERT (Kim and Park, Information Fusion 2023): not implemented yet",
     "MUTA-Net": "not identifiable: the DecAlign paper's tables cite it as reference [32], but the copy of the "
     "paper we have has no reference list, and searches of public papers and code for 'MUTA-Net' "
     "with multimodal sentiment analysis found no method of that name",

@@ -45,6 +45,7 @@ MAX_MAE_RATIO = 0.7  # test MAE over the mean predictor's
 
 # Widths 16-32, one layer, lengths matching N_STEPS; a model missing here runs with its defaults.
 SMALL_OPTIONS: dict[str, dict[str, Any]] = {
+    "aobert": {"dim": 32, "n_heads": 2, "n_layers": 1},
     "cenet": {"dim": 32, "n_heads": 2, "n_layers": 1},
     "cggm": {"dim": 16, "n_heads": 2, "n_layers": 1, "classifier_layers": 1},
     "cubemlp": {"channels": 16, "time_len": N_STEPS, "blocks": ((N_STEPS, 16), (2, 16))},
