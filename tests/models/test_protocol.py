@@ -193,6 +193,36 @@ def test_each_baseline_trains_with_its_own_reference_protocol_unless_shared_is_a
     assert build_config("mult", "uci-mfeat").protocol == build_config("decalign", "uci-mfeat").protocol
 
 
+# MMSA's name of each baseline, and what its trainer does with the configured values.
+MMSA_NAMES = {"tfn": "tfn", "lmf": "lmf", "early_fusion": "ef_lstm", "late_fusion": "lf_dnn", "mfm": "mfm", "mult": "mult", "misa": "misa", "self_mm": "self_mm"}
+WEIGHT_DECAY_NOT_PASSED = {"tfn", "mult", "misa"}  # their trainers build Adam without weight_decay
+LR_NOT_PASSED = {"mfm"}  # its trainer builds Adam without lr: torch's default 1e-3
+
+
+@pytest.mark.parametrize("dataset", ["mosi", "mosei", "sims"])
+def test_baseline_protocols_are_mmsa_configuration_values(dataset: str) -> None:
+    """Every MMSA baseline's preset protocol against MMSA 2.2.1's config_regression.json."""
+    mmsa = pytest.importorskip("MMSA", reason="needs the mmsa package (the dev extra installs it)")
+    config = json.loads((Path(mmsa.__file__).parent / "config" / "config_regression.json").read_text())
+    for ours, theirs in MMSA_NAMES.items():
+        reference = {**config[theirs]["commonParams"], **config[theirs]["datasetParams"][dataset]}
+        protocol = build_config(ours, dataset).protocol
+        lr = reference.get("learning_rate_other", reference.get("learning_rate"))
+        expected_lr = 1e-3 if ours in LR_NOT_PASSED else lr
+        decay = reference.get("weight_decay_other", reference.get("weight_decay", 0.0))
+        expected_decay = 0.0 if ours in WEIGHT_DECAY_NOT_PASSED else decay
+        got = (protocol.lr, protocol.batch_size, protocol.weight_decay, protocol.early_stopping_patience, protocol.selection_metric)
+        assert got == (expected_lr, reference["batch_size"], expected_decay, reference["early_stop"], "loss"), (ours, dataset)
+        assert protocol.grad_clip == (reference.get("grad_clip") if ours in ("mult", "misa") else None), (ours, dataset)
+        assert protocol.regression_loss == ("mse" if ours == "misa" else "l1"), (ours, dataset)
+        if ours == "mult":
+            assert protocol.lr_patience == reference["patience"], dataset
+        if ours == "self_mm":
+            assert protocol.text_encoder_lr == reference["learning_rate_bert"], dataset
+        if dataset in ("mosi", "sims"):  # the synthetic data sets train as the real ones
+            assert build_config(ours, f"synthetic-{dataset}").protocol == protocol, (ours, dataset)
+
+
 def test_comparison_tables_state_each_models_protocol(tmp_path: Path) -> None:
     from alignkit_models.training.compare import write_tables
 
