@@ -11,6 +11,7 @@ heterogeneous branch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +34,9 @@ class PairwiseCrossModal(nn.Module):
             audio, and so on).
         memory_attn_dropout: attention dropout of the memory transformers; None = ``attn_dropout``
             (which must then be a single rate).
-        relu_dropout, res_dropout, embed_dropout, future_mask, positions,
-            independent_key_value_dropout: see :class:`CrossModalEncoder`.
+        relu_dropout, res_dropout, embed_dropout, future_mask, positions, position_table,
+            independent_key_value_dropout: see :class:`CrossModalEncoder` (``position_table``:
+            ``"vaswani"`` or ``"fairseq"``, the table of MulT's released code).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class PairwiseCrossModal(nn.Module):
         embed_dropout: float = 0.1,
         future_mask: bool = False,
         positions: bool = True,
+        position_table: Literal["vaswani", "fairseq"] = "vaswani",
         independent_key_value_dropout: bool = False,
     ) -> None:
         super().__init__()
@@ -71,6 +74,7 @@ class PairwiseCrossModal(nn.Module):
             "embed_dropout": embed_dropout,
             "future_mask": future_mask,
             "positions": positions,
+            "position_table": position_table,
             "independent_key_value_dropout": independent_key_value_dropout,
         }
         self.cross = nn.ModuleDict(

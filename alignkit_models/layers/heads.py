@@ -13,12 +13,17 @@ class ResidualHead(nn.Module):
         dim: input width ``D``.
         out_dim: output width.
         dropout: dropout after the ReLU (MulT's ``out_dropout``).
+        hidden_dim: width ``H`` of ``W1 h``; None = ``D`` (MulT). ``W1`` is ``(H, D)`` and
+            ``W2`` is ``(D, H)`` (DMD's released code: ``H = d`` on flattened sequences).
     """
 
-    def __init__(self, dim: int, out_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, out_dim: int, dropout: float = 0.0, hidden_dim: int | None = None) -> None:
         super().__init__()
-        self.proj1 = nn.Linear(dim, dim)
-        self.proj2 = nn.Linear(dim, dim)
+        if hidden_dim is not None and (isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1):
+            raise ValueError(f"hidden_dim: expected a positive integer or None, received {hidden_dim!r}")
+        hidden = dim if hidden_dim is None else hidden_dim
+        self.proj1 = nn.Linear(dim, hidden)
+        self.proj2 = nn.Linear(hidden, dim)
         self.out = nn.Linear(dim, out_dim)
         self.dropout = nn.Dropout(dropout)
 
