@@ -35,7 +35,7 @@ def main() -> None:
     grads = torch.autograd.grad(value, [x, y])
     seconds = time.perf_counter() - started
     finite = all(bool(torch.isfinite(g).all()) for g in grads)
-    print(f"N = M = {args.n}, d = {D}, backend {args.backend}: MMD^2 {float(value):.6g}, fwd+bwd {seconds:.1f} s, gradients finite: {finite}, threads {torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"N = M = {args.n}, d = {D}, backend {args.backend}: MMD^2 {float(value.detach()):.6g}, fwd+bwd {seconds:.1f} s, gradients finite: {finite}, threads {torch.get_num_threads()}, torch {torch.__version__}")
 
 
 if __name__ == "__main__":
