@@ -9,8 +9,18 @@ import torch
 from torch import Tensor
 
 from alignkit.decoupling import masked_mean
-from alignkit.functional import fit_gmm, multi_marginal_sinkhorn, sinkhorn
-from alignkit.moments import feature_moments, floored_skewness, moment_matching_loss
+from alignkit.functional import (
+    decoupling_loss,
+    fit_gmm,
+    multi_marginal_sinkhorn,
+    sinkhorn,
+)
+from alignkit.moments import (
+    feature_moments,
+    floored_skewness,
+    moment_matching_loss,
+    skewness,
+)
 from alignkit.prototypes.calibration import weighted_squared_distance
 from alignkit.prototypes.gmm import _kmeans_plus_plus_rows
 
@@ -109,3 +119,27 @@ def test_marginal_masses_may_differ_by_round_off_but_not_more(dtype: torch.dtype
     sinkhorn(cost, a, a * (1 + 5e-6))
     with pytest.raises(ValueError, match="^marginals: expected positive and equal total masses"):
         sinkhorn(cost, a, a * (1 + 5e-5))
+
+
+@pytest.mark.parametrize(("mode", "phi"), [("squared", np.square), ("abs", np.abs), ("signed", lambda c: c)])
+def test_token_granularity_applies_the_mode_to_each_real_step(mode: str, phi) -> None:
+    """``granularity="token"``: mean over samples of the mean over real steps of phi(cos)."""
+    g = torch.Generator().manual_seed(2)
+    unique, common = torch.randn(2, 3, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    u, c = unique.numpy(), common.numpy()
+    cos = (u * c).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(c, axis=-1)
+    expected = np.mean([phi(cos[0]).mean(), phi(cos[1, :2]).mean()])
+    value = decoupling_loss([unique], [common], mode=mode, granularity="token", masks=[mask])
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_round_off_threshold_of_skewness_is_per_column() -> None:
+    """A small-scale column beside a large-scale one keeps its own skewness (a threshold taken
+    over all columns would call its spread round-off and return 0)."""
+    from scipy.stats import skew
+
+    g = torch.Generator().manual_seed(4)
+    base = -torch.rand(500, 2, generator=g, dtype=torch.float64).log()  # exponential: skewness about 2
+    x = (base * torch.tensor([3e4, 1e-3], dtype=torch.float64)).to(torch.float32)
+    torch.testing.assert_close(skewness(x).double(), torch.from_numpy(skew(x.double().numpy(), axis=0)), rtol=1e-3, atol=0.0)
