@@ -143,3 +143,22 @@ def test_the_round_off_threshold_of_skewness_is_per_column() -> None:
     base = -torch.rand(500, 2, generator=g, dtype=torch.float64).log()  # exponential: skewness about 2
     x = (base * torch.tensor([3e4, 1e-3], dtype=torch.float64)).to(torch.float32)
     torch.testing.assert_close(skewness(x).double(), torch.from_numpy(skew(x.double().numpy(), axis=0)), rtol=1e-3, atol=0.0)
+
+
+def test_trace_of_the_root_is_per_matrix_with_its_gradient_for_a_batch() -> None:
+    """``trace_sqrtm_psd`` on a batch (as the full-covariance Bures costs call it for K x K pairs):
+    one trace per matrix, and the gradient of each, d Tr(A^{1/2}) / dA = A^{-1/2} / 2, per matrix."""
+    from scipy.linalg import sqrtm
+
+    from alignkit.ot.sqrtm import trace_sqrtm_psd
+
+    g = torch.Generator().manual_seed(6)
+    factors = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    matrices = (factors @ factors.mT + 0.5 * torch.eye(4, dtype=torch.float64)).requires_grad_(True)
+    traces = trace_sqrtm_psd(matrices)
+    roots = [np.real(sqrtm(a)) for a in matrices.detach().numpy()]
+    torch.testing.assert_close(traces, torch.tensor([np.trace(r) for r in roots], dtype=torch.float64))
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)  # distinct weights keep the matrices apart
+    (gradient,) = torch.autograd.grad((traces * weights).sum(), matrices)
+    expected = torch.stack([w * 0.5 * torch.from_numpy(np.linalg.inv(r)) for w, r in zip(weights, roots)])
+    torch.testing.assert_close(gradient, expected, rtol=1e-8, atol=1e-10)
