@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,18 @@ class MultimodalModel(nn.Module):
                 f"received {features['text'].dtype}"
             )
         return full_masks
+
+
+def clean_reference_state_dict(state_dict: Mapping[str, Any], name: str = "state_dict") -> dict[str, Tensor]:
+    """A reference code's ``state_dict`` without a ``"module."`` prefix (``DataParallel``), every
+    value checked to be a tensor; ``name`` is the argument named in the ``ValueError``."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{name}: expected a mapping of parameter names to tensors, received {type(state_dict).__name__}")
+    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name}[{key!r}]: expected a tensor, received {type(value).__name__}")
+    return state
 
 
 def load_converted_state_dict(model: nn.Module, converted: Mapping[str, Tensor]) -> None:

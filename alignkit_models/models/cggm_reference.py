@@ -44,6 +44,7 @@ from typing import Any
 from torch import Tensor
 
 from alignkit_models.layers.transformer import MULT_LAYER_NAMES
+from alignkit_models.models.base import clean_reference_state_dict
 from alignkit_models.models.cggm import CGGM
 
 REFERENCE_OPTIONS: dict[str, Any] = {
@@ -86,17 +87,6 @@ def _encoder_part(part: str, key: str) -> str | None:
     raise ValueError(f"state_dict: unexpected parameter {key!r}; is this a state_dict of CGGM's released code?")
 
 
-def _clean(state_dict: Mapping[str, Any], name: str) -> dict[str, Tensor]:
-    """``state_dict`` without a ``"module."`` prefix (``DataParallel``), every value a tensor."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{name}: expected a mapping of parameter names to tensors, received {type(state_dict).__name__}")
-    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise ValueError(f"{name}[{key!r}]: expected a tensor, received {type(value).__name__}")
-    return state
-
-
 def _modality(index: str, modalities: Sequence[str], key: str) -> str:
     if int(index) >= len(modalities):
         raise ValueError(f"state_dict: {key!r} is for modality {index}, but the model has {len(modalities)} ({list(modalities)})")
@@ -123,7 +113,7 @@ def infer_options(
     """Model arguments read from the shapes: ``input_dims`` (named by ``modalities``, in the
     code's input order), ``dim``, ``n_layers``, ``fusion_layers``, ``classifier_layers`` (from the
     classifiers' weights, when given) and the task (one output: regression)."""
-    state = _clean(state_dict, "state_dict")
+    state = clean_reference_state_dict(state_dict, "state_dict")
     input_dims: dict[str, int] = {}
     for i, modality in enumerate(modalities):
         weight = _tensor(state, f"proj.{i}.weight")
@@ -140,7 +130,7 @@ def infer_options(
         "fusion_layers": _layer_count(state, "fusion."),
     }
     if classifier_state_dict is not None:
-        options["classifier_layers"] = _layer_count(_clean(classifier_state_dict, "classifier_state_dict"), "classifers.0.bone.")
+        options["classifier_layers"] = _layer_count(clean_reference_state_dict(classifier_state_dict, "classifier_state_dict"), "classifers.0.bone.")
     if n_outputs > 1:
         options.update(task="classification", n_classes=n_outputs)
     return options
@@ -167,7 +157,7 @@ def convert_reference_state_dict(
     """
     modalities = model.modalities
     converted: dict[str, Tensor] = {}
-    for key, value in _clean(state_dict, "state_dict").items():
+    for key, value in clean_reference_state_dict(state_dict, "state_dict").items():
         if m := _INDEXED.fullmatch(key):
             kind, index, part = m.groups()
             modality = _modality(index, modalities, key)
@@ -186,7 +176,7 @@ def convert_reference_state_dict(
             raise ValueError(f"state_dict: unexpected parameter {key!r}; is this a state_dict of CGGM's released code?")
     if classifier_state_dict is None:
         return converted
-    for key, value in _clean(classifier_state_dict, "classifier_state_dict").items():
+    for key, value in clean_reference_state_dict(classifier_state_dict, "classifier_state_dict").items():
         if not (m := _CLASSIFIER.fullmatch(key)):
             raise ValueError(f"classifier_state_dict: unexpected parameter {key!r}; is this CGGM's ClassifierGuided?")
         index, module, part = m.groups()

@@ -59,7 +59,7 @@ from typing import Any
 
 from torch import Tensor
 
-from alignkit_models.models.base import load_converted_state_dict
+from alignkit_models.models.base import clean_reference_state_dict, load_converted_state_dict
 from alignkit_models.models.cubemlp import CubeMLP
 
 REFERENCE_OPTIONS: dict[str, Any] = {
@@ -94,17 +94,6 @@ _CLASSIFIER = re.compile(r"classifier\.([03])\.(weight|bias)")
 
 def _unexpected(key: str) -> ValueError:
     return ValueError(f"state_dict: unexpected parameter {key!r}; is this a state_dict of CubeMLP's released code (encoders 'gru')?")
-
-
-def _clean(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
-    """``state_dict`` without a ``"module."`` prefix, every value a tensor."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"state_dict: expected a mapping of parameter names to tensors, received {type(state_dict).__name__}")
-    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise ValueError(f"state_dict[{key!r}]: expected a tensor, received {type(value).__name__}")
-    return state
 
 
 def _tensor(state: Mapping[str, Tensor], key: str) -> Tensor:
@@ -142,7 +131,7 @@ def convert_reference_state_dict(state_dict: Mapping[str, Any], *, bert: bool = 
     Raises:
         ValueError: a key the code's ``Model`` (with GRU encoders) does not have, naming it.
     """
-    state = _clean(state_dict)
+    state = clean_reference_state_dict(state_dict)
     wide_head = any(key.startswith("classifier.3.") for key in state)
     converted: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -191,7 +180,7 @@ def infer_options(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         ValueError: a key the options are read from is missing or misshapen, or the head's
             width fits no pooling.
     """
-    state = _clean(state_dict)
+    state = clean_reference_state_dict(state_dict)
     text = _tensor(state, "W_t.weight")
     channels = int(text.shape[0])
     input_dims = {"text": int(text.shape[1])}

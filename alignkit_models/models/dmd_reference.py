@@ -69,7 +69,7 @@ import torch
 from torch import Tensor
 
 from alignkit_models.layers.transformer import MULT_LAYER_NAMES
-from alignkit_models.models.base import load_converted_state_dict
+from alignkit_models.models.base import clean_reference_state_dict, load_converted_state_dict
 from alignkit_models.models.dmd import DMD
 
 MODALITIES: dict[str, str] = {"l": "text", "a": "audio", "v": "vision"}
@@ -123,17 +123,6 @@ _GD = {"W_logit": "logit_code", "W_repr": "repr_code", "W_edge": "edge_score"}
 
 def _unexpected(name: str, key: str) -> ValueError:
     return ValueError(f"{name}: unexpected parameter {key!r}; is this a state_dict of DMD's released code?")
-
-
-def _clean(state_dict: Mapping[str, Any], name: str) -> dict[str, Tensor]:
-    """``state_dict`` without a ``"module."`` prefix (``DataParallel``), every value a tensor."""
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{name}: expected a mapping of parameter names to tensors, received {type(state_dict).__name__}")
-    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise ValueError(f"{name}[{key!r}]: expected a tensor, received {type(value).__name__}")
-    return state
 
 
 def _tensor(state: Mapping[str, Tensor], key: str, name: str = "state_dict") -> Tensor:
@@ -192,7 +181,7 @@ def infer_options(
     Raises:
         ValueError: a missing key, a malformed shape, or a BERT text encoder in the state_dict.
     """
-    state = _clean(state_dict, "state_dict")
+    state = clean_reference_state_dict(state_dict, "state_dict")
     if any(key.startswith("text_model.") for key in state):
         raise ValueError("state_dict: holds the code's BERT text encoder (use_bert=True), which our DMD does not have")
     dim = int(_tensor(state, "encoder_c.weight").shape[0])
@@ -223,13 +212,13 @@ def infer_options(
     for key, kernel in (("homo_code_dim", homo_state_dict), ("hetero_code_dim", hetero_state_dict)):
         if kernel is not None:
             name = key.replace("code_dim", "state_dict")
-            options[key] = int(_tensor(_clean(kernel, name), "W_logit.weight", name).shape[0])
+            options[key] = int(_tensor(clean_reference_state_dict(kernel, name), "W_logit.weight", name).shape[0])
     return options
 
 
 def _convert_kernel(kernel: Mapping[str, Any], name: str, prefix: str) -> dict[str, Tensor]:
     converted = {}
-    for key, value in _clean(kernel, name).items():
+    for key, value in clean_reference_state_dict(kernel, name).items():
         module, _, part = key.partition(".")
         if module not in _GD or part not in ("weight", "bias"):
             raise ValueError(f"{name}: unexpected parameter {key!r}; is this the code's DistillationKernel?")
@@ -258,7 +247,7 @@ def convert_reference_state_dict(
     Raises:
         ValueError: a key the code's modules do not have, naming it.
     """
-    state = _clean(state_dict, "state_dict")
+    state = clean_reference_state_dict(state_dict, "state_dict")
     dim = int(_tensor(state, "encoder_c.weight").shape[0])
     common_order, fusion_order = _block_order(dim), _fusion_order(dim)
     converted: dict[str, Tensor] = {}
