@@ -279,6 +279,19 @@ def train_ours(data: Path, epochs: int, seed: int) -> dict[str, Any]:
     }
 
 
+def _commit() -> str:
+    """alignkit's commit, with ``+dirty`` when the working tree has changes (or ``unknown``)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["check", "fixture", "train-official", "train-ours"])
@@ -304,7 +317,7 @@ def main() -> None:
         run = train_official(args.official, args.data.resolve(), args.epochs, args.seed, args.workers) if args.command == "train-official" else train_ours(args.data.resolve(), args.epochs, args.seed)
         usage = {who: resource.getrusage(getattr(resource, who)).ru_maxrss / 1024 for who in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
         print(json.dumps({"command": args.command, "epochs": args.epochs, "seed": args.seed, "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "peak_rss_mib": usage["RUSAGE_SELF"], "children_peak_rss_mib": usage["RUSAGE_CHILDREN"], **run}))
+                          "torch": torch.__version__, "alignkit_commit": _commit(), "peak_rss_mib": usage["RUSAGE_SELF"], "children_peak_rss_mib": usage["RUSAGE_CHILDREN"], **run}))
 
 
 if __name__ == "__main__":

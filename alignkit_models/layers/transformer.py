@@ -15,10 +15,8 @@ feed-forward layers at PyTorch's default initialisation (``feedforward_init="tor
 initialises them Xavier-uniform with zero biases. In both, the attention's packed ``(3d, d)``
 input projection is Xavier-uniform with zero biases and its output bias is zero.
 
-Attention runs on ``F.scaled_dot_product_attention`` (its fused kernel) unless attention weights
-are dropped in training: then the weights are formed explicitly and dropped by
-:func:`~alignkit_models.layers.dropout.keep_mask` (torch's own dropout path inside SDPA cost 3x
-more on a CPU). Padding masks (True on real steps) keep padded source steps out of
+The attention core is :func:`~alignkit_models.layers.attention.attention` (SDPA on a GPU, a
+written-out backward on a CPU). Padding masks (True on real steps) keep padded source steps out of
 every attention; a sample whose source is entirely padding attends to all steps instead (its
 output is masked later), which avoids the NaN of an all-masked softmax. The optional "future"
 mask is MulT's: position ``i`` of the target may not see source positions beyond
@@ -40,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit_models.layers.dropout import keep_mask, make_dropout
+from alignkit_models.layers.attention import attention
+from alignkit_models.layers.dropout import make_dropout
 
 
 @functools.lru_cache(maxsize=64)
@@ -136,19 +135,8 @@ class MultiheadAttention(nn.Module):
             query = F.linear(x, weight[:d], bias[:d])
             k = F.linear(key, weight[d : 2 * d], bias[d : 2 * d])
             v = F.linear(value, weight[2 * d :], bias[2 * d :])
-        query, k, v = self._heads(query), self._heads(k), self._heads(v)
-        if self.training and self.dropout > 0:
-            scores = (query * (query.shape[-1] ** -0.5)) @ k.transpose(-1, -2)
-            if keep is not None:
-                scores = scores.masked_fill(~keep, float("-inf"))
-            weights = scores.softmax(-1)
-            if self.fast_dropout and weights.device.type == "cpu":  # elsewhere the native kernel (see dropout.py)
-                weights = weights * keep_mask(weights.shape, self.dropout, weights.device, weights.dtype)
-            else:
-                weights = F.dropout(weights, self.dropout)
-            attended = weights @ v
-        else:
-            attended = F.scaled_dot_product_attention(query, k, v, attn_mask=keep)
+        dropout = self.dropout if self.training else 0.0
+        attended = attention(self._heads(query), self._heads(k), self._heads(v), keep, dropout, self.fast_dropout)
         return self.out(attended.transpose(1, 2).reshape(x.shape))
 
 

@@ -65,10 +65,10 @@ def test_future_mask_hides_later_source_steps() -> None:
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_explicit_attention_with_dropout_equals_the_fused_kernel_without(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Attention dropout in training forms the weights explicitly; with the mask forced to keep
-    # everything, the values must be the fused kernel's (masks of padded steps included).
-    import alignkit_models.layers.transformer as transformer
+    # everything, the values must be those of evaluation (masks of padded steps included).
+    import alignkit_models.layers.attention as attention
 
-    monkeypatch.setattr(transformer, "keep_mask", lambda shape, p, device, dtype: torch.ones(shape, device=device, dtype=dtype))
+    monkeypatch.setattr(attention, "keep_mask", lambda shape, p, device, dtype: torch.ones(shape, device=device, dtype=dtype))
     torch.manual_seed(0)
     encoder = CrossModalEncoder(16, 4, 2, attn_dropout=0.3, relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, norm=norm)
     target, source = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
