@@ -37,7 +37,7 @@ keep_finished() {
 trap keep_finished EXIT
 echo "commit $(git rev-parse --short HEAD), $cores cores, torch $(python -c 'import torch; print(torch.__version__, "with", torch.get_num_threads(), "threads")')"
 total_start=$SECONDS
-for group in ${BENCH_GROUPS:-mmd ot bures gmm decalign training}; do
+for group in ${BENCH_GROUPS:-mmd ot bures gmm attention decalign training}; do
   require_clean "before $group"
   json="$staging/cpu-${cores}core-$day-$group.json"
   start=$SECONDS

@@ -24,7 +24,7 @@ python3 -c 'import torch, pykeops; print("torch", torch.__version__, "cuda", tor
 # Each step has its own time limit, so that one slow group cannot take the others' results with it.
 timeout 300 python3 -c 'from alignkit.kernels.backends.keops import unavailable_reason as r; print("KeOps on CUDA:", r("cuda") or "runs")' 2>&1 | tee -a "$log"
 timeout 200 python3 -m pytest -q -rs -p no:cacheprovider tests/gpu 2>&1 | tee -a "$log" | tail -n 15
-for group in ${BENCH_GROUPS:-mmd decalign training gmm bures ot}; do
+for group in ${BENCH_GROUPS:-mmd decalign training gmm bures ot attention}; do
   timeout 200 python3 -m pytest -q -p no:cacheprovider "benchmarks/test_bench_$group.py" --full --device cuda \
     --benchmark-only --benchmark-columns=median,min,max,rounds --benchmark-json="$out/$name-$group.json" 2>&1 \
     | tee -a "$log" | tail -n 30
