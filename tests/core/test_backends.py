@@ -165,3 +165,53 @@ def test_cuda_probe_turns_a_crashing_keops_into_a_reason(monkeypatch: pytest.Mon
     assert probe("cuda") == "a KeOps CUDA reduction failed in a probe process (exit status 1: no GPU)"
     monkeypatch.setattr(keops, "_CUDA_PROBE", "import sys; sys.exit(0)")
     assert probe("cuda") is None
+
+
+def _age(path, seconds: float) -> None:
+    import os
+    import time
+
+    stamp = time.time() - seconds
+    os.utime(path, (stamp, stamp))
+
+
+def test_remove_unfinished_builds_takes_only_old_formulas_without_their_info_file(tmp_path) -> None:
+    finished = ["0d17d28345.cpp", "0d17d28345.nfo", "pykeops_cpp_0d17d28345.cpython-311-x86_64-linux-gnu.so"]
+    died_on_cpu = ["11205bc37e.cpp", "pykeops_cpp_11205bc37e.cpython-311-x86_64-linux-gnu.so"]
+    died_on_gpu = ["6508bb494a.cu", "cubin_6508bb494a"]
+    compiling_now = ["7b9a611f7e.cpp"]
+    other = ["nvrtc_jit.so", "pykeops_nvrtc.cpython-311-x86_64-linux-gnu.so", "keops_hash.log"]
+    for name in finished + died_on_cpu + died_on_gpu + compiling_now + other:
+        (tmp_path / name).write_text("x")
+        if name not in compiling_now:
+            _age(tmp_path / name, 3600)
+    assert keops.remove_unfinished_builds(tmp_path) == ["11205bc37e", "6508bb494a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(finished + compiling_now + other)
+    assert keops.remove_unfinished_builds(tmp_path / "absent") == []
+
+
+@needs_keops
+def test_a_build_folder_left_by_a_crashed_compile_works_again(tmp_path) -> None:
+    """A formula whose ``.nfo`` is missing (its compile died) breaks every later use with a
+    FileNotFoundError until ``unavailable_reason`` (run before KeOps is used) clears it."""
+    import pykeops
+
+    previous = pykeops.get_build_folder()
+    pykeops.set_build_folder(str(tmp_path))
+    try:
+        x = torch.randn(20, 3, dtype=torch.float64)
+        expected = gaussian_mmd(x, x + 1, 1.0, backend="dense")
+        torch.testing.assert_close(gaussian_mmd(x, x + 1, 1.0, backend="keops"), expected)
+        infos = list(tmp_path.glob("*.nfo"))
+        assert infos
+        for info in infos:
+            info.unlink()
+        for path in tmp_path.iterdir():
+            _age(path, 3600)
+        keops.unavailable_reason.cache_clear()
+        assert keops.unavailable_reason("cpu") is None
+        assert not any(info.stem in path.name for info in infos for path in tmp_path.iterdir())
+        torch.testing.assert_close(gaussian_mmd(x, x + 1, 1.0, backend="keops"), expected)
+    finally:
+        pykeops.set_build_folder(previous)
+        keops.unavailable_reason.cache_clear()

@@ -13,9 +13,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -27,6 +30,41 @@ class KeOpsUnavailable(RuntimeError):
 
 PROBE_TIMEOUT_S = 600
 """How long the CUDA probe may compile before KeOps is declared unusable here."""
+
+UNFINISHED_AFTER_S = 900
+"""A formula's files in the build folder without its ``.nfo``, all older than this, are taken for
+a build that died (a compile in progress elsewhere writes its ``.nfo`` within a minute or two)."""
+
+_FORMULA_HASH = re.compile(r"(?<![0-9a-f])[0-9a-f]{10}(?![0-9a-f])")
+
+
+def remove_unfinished_builds(folder: str | os.PathLike[str], older_than_s: float = UNFINISHED_AFTER_S) -> list[str]:
+    """Delete the files of formulas whose build never finished; returns the hashes removed.
+
+    KeOps names each formula's files after a 10-hex-digit hash (``<hash>.cpp``,
+    ``pykeops_cpp_<hash>...so``, ``cubin_<hash>``, ...) and writes ``<hash>.nfo`` last. When a
+    process dies while compiling (KeOps' NVRTC step crashed this way with CUDA 13.0), the other
+    files stay, and every later use of that formula fails with ``FileNotFoundError`` on the
+    missing ``.nfo``: the folder is broken until those files go. Files younger than
+    ``older_than_s`` are left alone, since another process may be compiling them right now.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    files_by_hash: dict[str, list[Path]] = {}
+    for path in root.iterdir():
+        if path.is_file() and not path.name.endswith(".nfo"):
+            for digest in set(_FORMULA_HASH.findall(path.name)):
+                files_by_hash.setdefault(digest, []).append(path)
+    now = time.time()
+    removed = []
+    for digest, paths in sorted(files_by_hash.items()):
+        if (root / f"{digest}.nfo").exists() or any(now - path.stat().st_mtime < older_than_s for path in paths):
+            continue
+        for path in paths:
+            path.unlink(missing_ok=True)
+        removed.append(digest)
+    return removed
 
 # Compiles and runs a Gaussian reduction and its gradient on the GPU, in a child process: KeOps
 # builds on some CUDA set-ups kill the process (we saw a segmentation fault with CUDA 13.0), and
@@ -53,9 +91,10 @@ def unavailable_reason(device_type: str = "cpu") -> str | None:
         return "no C++ compiler (g++) on PATH; KeOps compiles its kernels with one"
     try:
         import pykeops
-        import pykeops.torch  # noqa: F401
+        import pykeops.torch  # the bindings: their import fails where KeOps cannot build
     except ImportError as error:
         return f"pykeops is not installed ({error}); pip install 'alignkit[keops]'"
+    remove_unfinished_builds(pykeops.get_build_folder())
     if device_type != "cuda":
         return None
     try:
