@@ -85,6 +85,7 @@ class _CpuAttention(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         query, key, value, weights, mask = ctx.saved_tensors
         grad = grad.to(weights.dtype)
+        # Recomputed rather than saved: one multiply instead of keeping a second (N, T_t, T_s) tensor per layer.
         dropped = weights if mask is None else weights * mask
         grad_t = grad.transpose(1, 2)  # (N, h, T_t)
         grad_value = torch.bmm(grad_t, dropped).transpose(1, 2)  # (dO^T P)^T = P^T dO

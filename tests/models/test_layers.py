@@ -63,7 +63,7 @@ def test_future_mask_hides_later_source_steps() -> None:
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
-def test_explicit_attention_with_dropout_equals_the_fused_kernel_without(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attention_dropout_that_keeps_everything_equals_evaluation(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Attention dropout in training forms the weights explicitly; with the mask forced to keep
     # everything, the values must be those of evaluation (masks of padded steps included).
     import alignkit_models.layers.attention as attention
