@@ -71,11 +71,11 @@ class _CpuAttention(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, heads: int, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
-        scores = torch.bmm(query, key.transpose(1, 2))  # (N = B * heads, T_t, T_s)
+        weights = torch.bmm(query, key.transpose(1, 2))  # scores, (N = B * heads, T_t, T_s)
         if bias is not None:
-            n, t_target, t_source = scores.shape
-            scores = scores.view(-1, heads, t_target, t_source).add_(bias).view(n, t_target, t_source)
-        weights = scores.softmax(-1)
+            weights.view(-1, heads, *weights.shape[1:]).add_(bias)
+        # In place: a fresh (N, T_t, T_s) tensor per step costs more than the softmax's arithmetic.
+        torch._softmax(weights, -1, False, out=weights)
         dropped = weights if mask is None else weights * mask
         ctx.save_for_backward(query, key, value, weights, mask)
         return torch.bmm(value.transpose(1, 2), dropped.transpose(1, 2)).transpose(1, 2)  # (v^T P^T)^T = P v
@@ -92,7 +92,7 @@ class _CpuAttention(torch.autograd.Function):
         grad_weights = torch.bmm(grad, value.transpose(1, 2))  # (N, T_t, T_s)
         if mask is not None:
             grad_weights = grad_weights.mul_(mask)
-        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype, grad_input=grad_weights)
         grad_query = torch.bmm(key.transpose(1, 2), grad_scores.transpose(1, 2)).transpose(1, 2)  # (k^T dS^T)^T = dS k
         grad_key = torch.bmm(query.transpose(1, 2), grad_scores).transpose(1, 2)  # (q^T dS)^T = dS^T q
         return None, grad_query, grad_key, grad_value, None, None

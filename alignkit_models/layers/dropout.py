@@ -3,13 +3,14 @@ devices :class:`FastDropout` is ``nn.Dropout`` itself).
 
 ``nn.Dropout`` draws one random number per element; on a 2-core CPU that was a quarter to a
 third of a DecAlign training step. Here one draw of a 64-bit integer supplies eight random bytes
-``b``. With ``p = (t + q) / 256`` (``t`` whole, ``0 <= q < 1``), an element is dropped when
-``b < t``, and when ``b == t`` (one element in 256) with probability ``q``, decided by a second,
-float draw for those elements only. So each element is dropped independently with probability
-exactly ``p`` (to float32 resolution of ``q``: ``2^-32`` overall, finer than ``nn.Dropout``'s
-own ``2^-24``), and kept values are scaled by ``1 / (1 - p)``: the same random function as
-``nn.Dropout``. The draws come from torch's global generator, so ``torch.manual_seed`` makes
-them reproducible (they differ from ``nn.Dropout``'s own stream).
+``b``. With ``t = floor(256 p)``, an element is dropped when ``b < t`` (probability ``t / 256``)
+and, independently, with the small leftover probability ``r = (p - t/256) / (1 - t/256)``, so
+that it is kept with probability ``(1 - t/256)(1 - r) = 1 - p`` exactly. The elements that ``r``
+drops are found without a draw per element: the gaps between them are geometric with parameter
+``r`` (drawn in double precision; DecAlign's rates give ``r`` of about 1/400). Kept values are
+scaled by ``1 / (1 - p)``: the same random function as ``nn.Dropout``. The draws come from
+torch's global generator, so ``torch.manual_seed`` makes them reproducible (they differ from
+``nn.Dropout``'s own stream).
 """
 
 from __future__ import annotations
@@ -31,27 +32,32 @@ def random_bytes(shape: torch.Size, device: torch.device) -> Tensor:
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     """A ``dtype`` tensor of ``shape``: ``1 / (1 - p)`` with probability ``1 - p``, else 0, independently."""
-    whole, fraction = divmod(256.0 * p, 1.0)
-    threshold = int(whole)
+    threshold = math.floor(256.0 * p)
     count = shape.numel()
-    words = torch.empty((count + 7) // 8, dtype=torch.int64, device=device).random_(-(2**63), None)
-    scores = words.view(torch.uint8).to(dtype)  # comparisons run faster on floats than on bytes
-    boundary = _boundary_elements(scores, threshold, count) if fraction > 0 else None
-    mask = scores.ge_(threshold)
-    if boundary is not None and boundary.numel():
-        # Elements on the boundary byte are dropped with the leftover probability.
-        mask[boundary] = (torch.rand(boundary.numel(), device=device) >= fraction).to(dtype)
-    return mask[:count].view(shape).mul_(1.0 / (1.0 - p))
+    # Kept where the byte is >= threshold: probability 1 - threshold / 256. (Comparisons run
+    # faster on floats than on bytes.)
+    mask = random_bytes(torch.Size([count]), device).to(dtype).ge_(threshold)
+    if 256.0 * p > threshold:
+        # Drop each element also with probability extra (independently), chosen so that
+        # (1 - threshold / 256) (1 - extra) = 1 - p.
+        extra = (p - threshold / 256.0) / (1.0 - threshold / 256.0)
+        mask[bernoulli_positions(count, extra, device)] = 0
+    return mask.view(shape).mul_(1.0 / (1.0 - p))
 
 
-def _boundary_elements(scores: Tensor, threshold: int, count: int) -> Tensor:
-    """Indices below ``count`` where ``scores == threshold``: found word by word (eight scores per
-    64-bit word, 3% of words hold one), since ``nonzero`` over every element cost more than the draws."""
-    hits = scores == threshold
-    words = hits.view(torch.int64).nonzero().squeeze(1)
-    candidates = (words.unsqueeze(1) * 8 + torch.arange(8, device=scores.device)).view(-1)
-    candidates = candidates[hits[candidates]]
-    return candidates[candidates < count]
+def bernoulli_positions(count: int, rate: float, device: torch.device, batch: int | None = None) -> Tensor:
+    """The indices in ``[0, count)``, ascending, of ``count`` independent Bernoulli(``rate``)
+    draws that came out 1, drawn as geometric gaps between successes: about ``count * rate``
+    draws instead of ``count`` (DecAlign's rates are about 1/400). ``batch``: gaps drawn per round
+    (default: enough to pass ``count`` nearly always, so one round)."""
+    if batch is None:
+        expected = count * rate
+        batch = int(expected + 6.0 * math.sqrt(expected) + 16)
+    positions = torch.empty(batch, dtype=torch.int64, device=device).geometric_(rate).cumsum_(0).sub_(1)
+    while int(positions[-1]) < count:  # the gaps fell short of the end: draw more
+        more = torch.empty(batch, dtype=torch.int64, device=device).geometric_(rate).cumsum_(0).add_(positions[-1])
+        positions = torch.cat([positions, more])
+    return positions[positions < count]
 
 
 class FastDropout(nn.Module):
@@ -67,8 +73,9 @@ class FastDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         if x.device.type != "cpu":
-            # On a GPU the draws are cheap, and the boundary search above would cost a host sync
-            # (``nonzero``) that CUDA-graph capture forbids: the native kernel is the fast path there.
+            # On a GPU the draws are cheap, and the geometric gaps above would cost host syncs
+            # (a loop on a drawn value, boolean indexing) that CUDA-graph capture forbids: the
+            # native kernel is the fast path there.
             return F.dropout(x, self.p, training=True)
         return x * keep_mask(x.shape, self.p, x.device, x.dtype)
 
