@@ -3,6 +3,7 @@
 # committed clean tree only, so that each JSON's commit_info says "dirty": false and names the
 # code that was timed. Run it on an otherwise idle machine, in the venv of the project:
 #   bash benchmarks/run_cpu.sh                       # or BENCH_GROUPS="gmm ot" bash ... for some modules
+#   BENCH_LABEL=b bash benchmarks/run_cpu.sh         # names the files cpu-...-<date>b-<group>.json (a second run that day)
 # Writes benchmarks/results/cpu-<cores>core-<date>-<group>.json (cores: nproc) and prints how long
 # each module took. Threads are left at the machine's default (all cores); machine_info in each
 # JSON records torch's thread count, OMP_NUM_THREADS and the BLAS pools (benchmarks/conftest.py).
@@ -21,7 +22,7 @@ require_clean() {
 
 require_clean "before the run"
 cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc alone obeys OMP_NUM_THREADS
-day="$(date +%Y-%m-%d)"
+day="$(date +%Y-%m-%d)${BENCH_LABEL:-}"
 # The JSONs are written outside the tree and moved in when the run ends (also when a later module
 # fails: the finished ones are kept): a file written into benchmarks/results/ would make the tree
 # that the next module checks unclean.

