@@ -31,10 +31,10 @@ import pytest
 import torch
 
 try:  # KeOps' cache inside the checkout, as for the tests
-    import pykeops
+    from alignkit.kernels.backends.keops import set_build_folder
 
-    pykeops.set_build_folder(str(Path(__file__).resolve().parent.parent / ".keops_build"))
-except ImportError:
+    set_build_folder(Path(__file__).resolve().parent.parent / ".keops_build")
+except ImportError:  # no pykeops
     pass
 
 

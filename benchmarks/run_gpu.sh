@@ -27,7 +27,7 @@ device="$(python3 -c 'import torch; print(torch.cuda.get_device_name(0).replace(
 name="gpu-$device-$(date +%Y-%m-%d)${BENCH_LABEL:-}"  # BENCH_LABEL: a second run in a day
 log="$out/$name.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$log"
-{ echo "commit $(git rev-parse HEAD 2>/dev/null), uncommitted changes: $(git status --short 2>/dev/null | wc -l)"; echo "LD_PRELOAD=${LD_PRELOAD:-}"; } >> "$log"
+{ echo "commit $(git rev-parse HEAD 2>/dev/null); uncommitted changes:"; git status --short 2>&1 | head -n 5; echo "LD_PRELOAD=${LD_PRELOAD:-}"; } >> "$log"
 python3 -c 'import torch, pykeops; print("torch", torch.__version__, "cuda", torch.version.cuda, "pykeops", pykeops.__version__)' >> "$log" 2>&1
 # Each step has its own time limit, so that one slow group cannot take the others' results with it.
 timeout 300 python3 -c 'from alignkit.kernels.backends.keops import unavailable_reason as r; print("KeOps on CUDA:", r("cuda") or "runs")' 2>&1 | tee -a "$log"

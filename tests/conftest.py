@@ -21,10 +21,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # KeOps compiles each formula once (~10 s); pin its cache inside the checkout so runs reuse it.
 KEOPS_BUILD = Path(__file__).resolve().parent.parent / ".keops_build"
 try:
-    import pykeops
+    from alignkit.kernels.backends.keops import set_build_folder
 
-    pykeops.set_build_folder(str(KEOPS_BUILD))
-except ImportError:
+    set_build_folder(KEOPS_BUILD)
+except ImportError:  # no pykeops
     pass
 
 

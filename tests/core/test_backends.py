@@ -190,6 +190,23 @@ def test_remove_unfinished_builds_takes_only_old_formulas_without_their_info_fil
     assert keops.remove_unfinished_builds(tmp_path / "absent") == []
 
 
+def test_set_build_folder_moves_the_cuda_kernels_before_pykeops_moves_the_rest(tmp_path, monkeypatch) -> None:
+    """pykeops 2.3's CUDA compiler module keeps the folder it saw at import; ours must follow,
+    and before pykeops.set_build_folder, which rebuilds the NVRTC engine in that module's folder."""
+    import sys
+    import types
+
+    pykeops = pytest.importorskip("pykeops")
+    gpu_compiler = types.SimpleNamespace(build_folder="/the/import-time/folder")
+    monkeypatch.setitem(sys.modules, keops._GPU_COMPILER_MODULE, gpu_compiler)
+    seen = []
+    monkeypatch.setattr(pykeops, "set_build_folder", lambda path: seen.append((path, gpu_compiler.build_folder)))
+    keops.set_build_folder(tmp_path / "keops")
+    folder = str(tmp_path / "keops")
+    assert gpu_compiler.build_folder == folder
+    assert seen == [(folder, folder)]
+
+
 @needs_keops
 def test_a_build_folder_left_by_a_crashed_compile_works_again(tmp_path) -> None:
     """A formula whose ``.nfo`` is missing (its compile died) breaks every later use with a
@@ -197,7 +214,7 @@ def test_a_build_folder_left_by_a_crashed_compile_works_again(tmp_path) -> None:
     import pykeops
 
     previous = pykeops.get_build_folder()
-    pykeops.set_build_folder(str(tmp_path))
+    keops.set_build_folder(tmp_path)
     try:
         x = torch.randn(20, 3, dtype=torch.float64)
         expected = gaussian_mmd(x, x + 1, 1.0, backend="dense")
@@ -213,5 +230,5 @@ def test_a_build_folder_left_by_a_crashed_compile_works_again(tmp_path) -> None:
         assert not any(info.stem in path.name for info in infos for path in tmp_path.iterdir())
         torch.testing.assert_close(gaussian_mmd(x, x + 1, 1.0, backend="keops"), expected)
     finally:
-        pykeops.set_build_folder(previous)
+        keops.set_build_folder(previous)
         keops.unavailable_reason.cache_clear()

@@ -66,12 +66,37 @@ def remove_unfinished_builds(folder: str | os.PathLike[str], older_than_s: float
         removed.append(digest)
     return removed
 
+_GPU_COMPILER_MODULE = "keopscore.binders.nvrtc.Gpu_link_compile"
+
+
+def set_build_folder(path: str | os.PathLike[str]) -> None:
+    """``pykeops.set_build_folder(path)`` that also moves KeOps' CUDA kernels to ``path``.
+
+    pykeops 2.3 reads the build folder of its CUDA kernels (``cubin_<hash>``) and of its NVRTC
+    engine once, when it is imported on a machine with CUDA; ``pykeops.set_build_folder`` then moves
+    everything else. A formula's ``<hash>.nfo`` is looked for in the new folder while its kernel is
+    looked for in the old one, so a kernel compiled earlier in the old folder (by any process that
+    used the default) counts as built, and every use of that formula fails with
+    ``FileNotFoundError: ... <hash>.nfo``. This happened on an H200 with the build folder that
+    our tests pin. Setting that module's folder first makes both agree (the engine is rebuilt in
+    ``path`` when it is missing there); without CUDA the module is never loaded and nothing changes.
+    """
+    import pykeops
+
+    folder = os.path.abspath(path)
+    gpu_compiler = sys.modules.get(_GPU_COMPILER_MODULE)
+    if gpu_compiler is not None:
+        gpu_compiler.build_folder = folder
+    pykeops.set_build_folder(folder)
+
+
 # Compiles and runs a Gaussian reduction and its gradient on the GPU, in a child process: KeOps
 # builds on some CUDA set-ups kill the process (we saw a segmentation fault with CUDA 13.0), and
 # a child's crash is a message, where our own would lose the user's run.
 _CUDA_PROBE = """
-import sys, torch, pykeops
-pykeops.set_build_folder(sys.argv[1])
+import sys, torch
+from alignkit.kernels.backends.keops import set_build_folder
+set_build_folder(sys.argv[1])
 from pykeops.torch import LazyTensor
 x = torch.randn(16, 3, device="cuda", requires_grad=True)
 k = (-LazyTensor(x[:, None, :]).sqdist(LazyTensor(x[None, :, :]))).exp().sum(dim=1).sum()
