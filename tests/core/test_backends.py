@@ -190,21 +190,29 @@ def test_remove_unfinished_builds_takes_only_old_formulas_without_their_info_fil
     assert keops.remove_unfinished_builds(tmp_path / "absent") == []
 
 
-def test_set_build_folder_moves_the_cuda_kernels_before_pykeops_moves_the_rest(tmp_path, monkeypatch) -> None:
-    """pykeops 2.3's CUDA compiler module keeps the folder it saw at import; ours must follow,
-    and before pykeops.set_build_folder, which rebuilds the NVRTC engine in that module's folder."""
+@pytest.mark.parametrize("engine_there", [False, True])
+def test_set_build_folder_moves_the_cuda_kernels_and_their_engine(tmp_path, monkeypatch, engine_there: bool) -> None:
+    """pykeops 2.3's CUDA compiler module keeps the folder it saw at import; ours must follow, with
+    its NVRTC engine built there when missing, before pykeops.set_build_folder moves the rest."""
+    import os
     import sys
     import types
 
     pykeops = pytest.importorskip("pykeops")
-    gpu_compiler = types.SimpleNamespace(build_folder="/the/import-time/folder")
-    monkeypatch.setitem(sys.modules, keops._GPU_COMPILER_MODULE, gpu_compiler)
-    seen = []
-    monkeypatch.setattr(pykeops, "set_build_folder", lambda path: seen.append((path, gpu_compiler.build_folder)))
-    keops.set_build_folder(tmp_path / "keops")
     folder = str(tmp_path / "keops")
+    events = []
+    gpu_compiler = types.SimpleNamespace(build_folder="/the/import-time/folder")
+    gpu_compiler.jit_compile_dll = lambda: os.path.join(gpu_compiler.build_folder, "nvrtc_jit.so")
+    gpu_compiler.Gpu_link_compile = types.SimpleNamespace(compile_jit_compile_dll=lambda: events.append(("engine", gpu_compiler.jit_compile_dll())))
+    monkeypatch.setitem(sys.modules, keops._GPU_COMPILER_MODULE, gpu_compiler)
+    monkeypatch.setattr(pykeops, "set_build_folder", lambda path: events.append(("pykeops", path, gpu_compiler.build_folder)))
+    if engine_there:
+        os.makedirs(folder)
+        (tmp_path / "keops" / "nvrtc_jit.so").write_text("x")
+    keops.set_build_folder(tmp_path / "keops")
     assert gpu_compiler.build_folder == folder
-    assert seen == [(folder, folder)]
+    engine = [] if engine_there else [("engine", os.path.join(folder, "nvrtc_jit.so"))]
+    assert events == [*engine, ("pykeops", folder, folder)]
 
 
 @needs_keops

@@ -78,8 +78,8 @@ def set_build_folder(path: str | os.PathLike[str]) -> None:
     looked for in the old one, so a kernel compiled earlier in the old folder (by any process that
     used the default) counts as built, and every use of that formula fails with
     ``FileNotFoundError: ... <hash>.nfo``. This happened on an H200 with the build folder that
-    our tests pin. Setting that module's folder first makes both agree (the engine is rebuilt in
-    ``path`` when it is missing there); without CUDA the module is never loaded and nothing changes.
+    our tests pin. Setting that module's folder first makes both agree, and the engine is built in
+    ``path`` when it is missing there; without CUDA the module is never loaded and nothing changes.
     """
     import pykeops
 
@@ -87,6 +87,10 @@ def set_build_folder(path: str | os.PathLike[str]) -> None:
     gpu_compiler = sys.modules.get(_GPU_COMPILER_MODULE)
     if gpu_compiler is not None:
         gpu_compiler.build_folder = folder
+        # pykeops.set_build_folder does not build the engine in a new folder (seen on the H200).
+        os.makedirs(folder, exist_ok=True)
+        if not os.path.exists(gpu_compiler.jit_compile_dll()):
+            gpu_compiler.Gpu_link_compile.compile_jit_compile_dll()
     pykeops.set_build_folder(folder)
 
 
