@@ -1,6 +1,9 @@
-"""Turn a pytest-benchmark JSON into the MMD scaling plot (log-log time and memory against N).
+"""Turn pytest-benchmark JSONs into the MMD scaling plot (log-log time and memory against N).
 
-    python benchmarks/plot_scaling.py benchmarks/results/cpu-2core-2026-11-27.json benchmarks/results/mmd-scaling-cpu.png
+    python benchmarks/plot_scaling.py benchmarks/results/cpu-2core-2026-11-30-mmd.json --out benchmarks/results/mmd-scaling-cpu.png
+
+Several JSONs of one machine may be given (e.g. a run without KeOps and one of the KeOps rows):
+a later file's (implementation, N) point replaces an earlier one's.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ def peak_mib(info: dict) -> float:
     return float(info["peak_mib"]) if "peak_mib" in info else info["peak_extra_bytes"] / 2**20
 
 
-def load_mmd_points(path: Path) -> dict[str, list[tuple[int, float, float]]]:
+def load_mmd_points(paths: list[Path]) -> dict[str, list[tuple[int, float, float]]]:
     """``{implementation: [(N, median seconds, peak extra MiB), ...]}`` from the MMD group."""
-    points: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
-    for bench in json.loads(path.read_text())["benchmarks"]:
-        info = bench["extra_info"]
-        if not bench["group"].startswith("mmd fwd+bwd"):
-            continue
-        points[info["impl"]].append((info["n"], bench["stats"]["median"], peak_mib(info)))
-    return {impl: sorted(values) for impl, values in points.items()}
+    points: dict[str, dict[int, tuple[int, float, float]]] = defaultdict(dict)
+    for path in paths:
+        for bench in json.loads(path.read_text())["benchmarks"]:
+            info = bench["extra_info"]
+            if bench["group"].startswith("mmd fwd+bwd"):
+                points[info["impl"]][info["n"]] = (info["n"], bench["stats"]["median"], peak_mib(info))
+    return {impl: sorted(by_n.values()) for impl, by_n in points.items()}
 
 
 def plot(points: dict[str, list[tuple[int, float, float]]], out: Path, title: str) -> None:
@@ -52,13 +55,16 @@ def plot(points: dict[str, list[tuple[int, float, float]]], out: Path, title: st
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 3):
-        print(__doc__)
-        return 2
-    source, out = Path(argv[0]), Path(argv[1])
-    title = argv[2] if len(argv) == 3 else f"Gaussian MMD^2 scaling ({source.stem})"
-    plot(load_mmd_points(source), out, title)
-    print(f"written {out}")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="pytest-benchmark JSON(s) with the MMD group")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    title = args.title or f"Gaussian MMD^2 scaling ({', '.join(path.stem for path in args.results)})"
+    plot(load_mmd_points(args.results), args.out, title)
+    print(f"written {args.out}")
     return 0
 
 

@@ -10,21 +10,22 @@ condition                                      backend
 ``$ALIGNKIT_BACKEND`` is set                   that value
 CPU tensor, ``N * M <= CPU_DENSE_MAX``         ``dense``
 CUDA tensor, ``N * M <= CUDA_DENSE_MAX``       ``dense``
-CUDA tensor and a KeOps probe runs             ``keops``
 otherwise                                      ``blocked``
 =============================================  ===========
 
 On the CPU the blocked backend, which computes value and gradient in one pass, was faster than
 the dense one from ``N = M = 128`` up; on an H200 it tied dense from ``N = M = 1k`` up, with a
-quarter of the memory at 4k and 1.8x the speed at 16k (``benchmarks/README.md``). Whether KeOps
-beats blocked on a GPU is not measured yet: KeOps 2.3 crashed on both GPUs we had (an H200 and an
-H100, both with CUDA 13.0).
+quarter of the memory at 4k and 1.8x the speed at 16k (``benchmarks/README.md``). ``auto`` never
+picks KeOps by itself: on the H200 (KeOps 2.3, CUDA 13.0) blocked was 3.7x faster at 16k and 2.5x
+faster at 100k, and on the CPU it is faster too. KeOps needs far less memory (148 MiB against
+969 MiB at 100k on the H200), so it stays one argument (or ``$ALIGNKIT_BACKEND=keops``) away.
 
 Whether KeOps runs on a GPU is checked once per process by a small reduction in a child process
 (:func:`alignkit.kernels.backends.keops.unavailable_reason`): some KeOps/CUDA combinations crash
 the process outright (KeOps 2.3 with CUDA 13.0 did, in its NVRTC compile step), which no ``except`` could catch.
-A KeOps failure under ``"auto"`` falls back to ``blocked`` with one warning; an explicit
-``backend="keops"`` raises :class:`~alignkit.kernels.backends.keops.KeOpsUnavailable` instead.
+A KeOps failure under ``"auto"`` with ``$ALIGNKIT_BACKEND=keops`` falls back to ``blocked`` with
+one warning; an explicit ``backend="keops"`` raises
+:class:`~alignkit.kernels.backends.keops.KeOpsUnavailable` instead.
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ def resolve_backend(backend: str, n: int, m: int, device_type: str) -> str:
         return override
     if n * m <= (CUDA_DENSE_MAX if device_type == "cuda" else CPU_DENSE_MAX):
         return "dense"
-    if device_type == "cuda" and not _KEOPS_FAILED and keops.unavailable_reason("cuda") is None:
-        return "keops"
     return "blocked"
 
 
@@ -110,6 +109,8 @@ def kernel_sum(x: Tensor, y: Tensor, scales: Tensor, *, same: bool, backend: str
         return blocked.gaussian_kernel_sum(x, y, scales, same)
     if backend == "keops":  # asked for explicitly: failures are the caller's to see
         return keops.gaussian_kernel_sum(x, y, scales, same)
+    if _KEOPS_FAILED:  # "auto" with $ALIGNKIT_BACKEND=keops, after KeOps failed once
+        return blocked.gaussian_kernel_sum(x, y, scales, same)
     try:
         return keops.gaussian_kernel_sum(x, y, scales, same)
     except Exception as error:  # noqa: BLE001 - any compile or load failure means "use blocked"
