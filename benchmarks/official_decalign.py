@@ -14,8 +14,8 @@ give the path of a checkout of it (it needs ``transformers`` importable)::
 differences of the logits, of ``dec_loss``, ``hete_loss``, ``homo_loss`` (evaluation mode) and of
 the gradients of ``dec + hete + homo`` (training mode, dropout 0), in float32 and float64; then the
 same with a tiny random BERT text encoder on token ids. ``fixture`` stores a small configuration's
-weights, inputs and the authors' outputs for ``tests/models/test_decalign_official.py``, which then
-needs no copy of their code. ``train-official`` runs their MOSI training (their data loader,
+weights, inputs and the authors' outputs (and its weights after three steps of their trainer) for
+``tests/models/test_decalign_official.py``, which then needs no copy of their code. ``train-official`` runs their MOSI training (their data loader,
 trainer, configuration; ``use_bert=False`` so the float text features are used; on the CPU) and
 ``train-ours`` alignkit's default DecAlign with the MOSI preset on the same file; each prints one
 JSON line: training and validation seconds per epoch, peak resident memory, test metrics. Run
@@ -55,18 +55,47 @@ SMALL = {
 }
 
 
-def official_model(official: Path, overrides: dict[str, Any]) -> torch.nn.Module:
-    """Their ``DecAlign(args)`` with their MOSI configuration plus ``overrides``."""
+def official_args(official: Path, overrides: dict[str, Any]) -> Any:
+    """Their MOSI configuration (``use_bert=False``) plus ``overrides``."""
     if str(official) not in sys.path:
         sys.path.insert(0, str(official))
     from config import get_config_regression  # their config.py
-    from models.model import DecAlign  # their model
 
     args = get_config_regression("decalign", "mosi", official / "config" / "dec_mosi_config.json")
     args.use_bert = False
     for key, value in overrides.items():
         setattr(args, key, value)
+    return args
+
+
+def official_model(official: Path, overrides: dict[str, Any]) -> torch.nn.Module:
+    """Their ``DecAlign(args)`` with their MOSI configuration plus ``overrides``."""
+    args = official_args(official, overrides)  # also puts their checkout on the path
+    from models.model import DecAlign  # their model
+
     return DecAlign(args)
+
+
+def official_training_steps(official: Path, overrides: dict[str, Any], state: dict[str, torch.Tensor], steps: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Their weights after one training step per ``(batch, labels)``, float64: the loss, gradient
+    clipping and Adam of their ``DecAlignTrainer.do_train``, called through its own methods."""
+    from trains.ATIO import DecAlignTrainer  # their trainer
+
+    args = official_args(official, overrides)
+    trainer = DecAlignTrainer(args)
+    model = official_model(official, overrides)
+    model.load_state_dict(state)
+    model = model.double().train()
+    optimizer = torch.optim.Adam([{"params": model.parameters(), "weight_decay": args.weight_decay}], lr=args.learning_rate)
+    for batch, labels in steps:
+        model.zero_grad()
+        outputs = model(*(batch[m].double() for m in MODALITIES))
+        loss = trainer._combined_loss(trainer._main_loss(outputs["output_logit"], labels.double()), outputs)
+        loss = loss + args.ct_weight * trainer._contrastive_loss(outputs["final_rep"], labels.double())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def official_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -185,6 +214,14 @@ def fixture(official: Path, out: Path) -> None:
         theirs = official_model(official, {**SMALL, **dict.fromkeys(DROPOUTS, 0.0)})
         theirs.load_state_dict(state)
         payload["grads_float64"].append(official_gradients(theirs, batch))
+    # Their training recipe, dropout 0: three steps on batches 1, 0, 1 (12, 5 and 12 samples).
+    generator = torch.Generator().manual_seed(7)
+    payload["train_labels"] = [(torch.rand(len(batch["audio"]), generator=generator, dtype=torch.float64) * 6 - 3).round(decimals=1) for batch in batches]
+    for labels in payload["train_labels"]:
+        labels[0] = 0.0  # a neutral sample, as MOSI has
+    payload["train_order"] = [1, 0, 1]
+    steps = [(batches[i], payload["train_labels"][i]) for i in payload["train_order"]]
+    payload["trained_float64"] = official_training_steps(official, {**SMALL, **dict.fromkeys(DROPOUTS, 0.0)}, state, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")

@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignkit._checks import compute_dtype, full_precision
 from alignkit.distributed import gather_samples, gathered_scope, sync_active
 
 
+@full_precision
 def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temperature: float = 0.1, *, sync_dist: bool | None = None) -> Tensor:
     """SupCon: pull together samples of one class, push apart the rest.
 
@@ -19,6 +21,8 @@ def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temper
         sync_dist: compute over the global batch of every process (``None``: when more than one
             runs; see :mod:`alignkit.distributed`).
 
+    Computes in float64 for float64 inputs, else in float32, also under autocast.
+
     Returns:
         0-dim tensor: mean over anchors that have at least one positive of
         ``-mean_{p in P(i)} log softmax_{a != i}(z_i . z_a / t)_p``; 0 when no anchor has one.
@@ -26,7 +30,7 @@ def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temper
     if sync_active(sync_dist):
         with gathered_scope():
             return supervised_contrastive_loss(gather_samples(representations, "representations"), gather_samples(classes, "classes"), temperature)
-    z = F.normalize(representations.float(), dim=-1)
+    z = F.normalize(representations.to(compute_dtype(representations.dtype)), dim=-1)
     logits = z @ z.T / temperature
     self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
@@ -41,5 +45,5 @@ def supervised_contrastive_loss(representations: Tensor, classes: Tensor, temper
     # The same value; on a CPU the mean over the selected anchors is kept because its rounding
     # (the sum of fewer terms) is what recorded CPU runs were trained with.
     if not bool(has_positive.any()):
-        return representations.new_zeros((), dtype=torch.float32)
+        return z.new_zeros(())
     return per_anchor[has_positive].mean()

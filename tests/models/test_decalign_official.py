@@ -4,8 +4,10 @@
 (taco-group/DecAlign 6fa8df9: widths 24 / 5 / 16, d 16, 4 heads, 2 layers, a kernel-3 text
 projection, no projection for the width-16 vision stream, K 7, distribution width 12), its
 weights, two random batches (5 samples, fewer than K, and 12) and what their code returned
-for them: evaluation-mode outputs in float64 and float32, and training-mode gradients of
-``dec_loss + hete_loss + homo_loss`` with dropout 0 in float64. It was written by
+for them: evaluation-mode outputs in float64 and float32, training-mode gradients of
+``dec_loss + hete_loss + homo_loss`` with dropout 0 in float64, and the weights after three steps
+of their trainer (task, alignment and contrastive losses, gradient clipping, Adam with weight
+decay; dropout 0, float64) on labelled batches. It was written by
 ``python benchmarks/official_decalign.py fixture --official <checkout>``; the same script's
 ``check`` command repeats the comparison at the MOSI configuration and with a BERT text encoder.
 """
@@ -59,6 +61,31 @@ def test_alignment_gradients_equal_the_official_gradients(index: int) -> None:
     assert set(expected) == {name for name, p in parameters.items() if p.grad is not None}
     for name, grad in expected.items():
         torch.testing.assert_close(parameters[name].grad, grad.reshape(parameters[name].shape), rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_three_training_steps_follow_the_official_trainer() -> None:
+    """Our trainer's step with the MOSI preset's protocol (learning rate, weight decay, clipping)
+    moves the converted weights as their trainer moved theirs."""
+    from alignkit_models.training import trainer
+    from alignkit_models.training.config import build_config
+
+    protocol = build_config("decalign", "mosi").protocol
+    model = from_official_state_dict(FIXTURE["state_dict"], **HEADS, **NO_DROPOUT, regression_loss=protocol.regression_loss).double()
+    cpu = torch.device("cpu")
+    optimizer = trainer.training_adam(trainer.parameter_groups(model, None), lr=protocol.lr, weight_decay=protocol.weight_decay, device=cpu)
+    for index in FIXTURE["train_order"]:
+        features = _features(FIXTURE["batches"][index], torch.float64)
+        masks = {m: torch.ones(x.shape[:2], dtype=torch.bool) for m, x in features.items()}
+        batch = {"features": features, "masks": masks, "labels": FIXTURE["train_labels"][index]}
+        trainer._train_epoch(model, [batch], optimizer, protocol.grad_clip, cpu, 1, False)
+    start = convert_state_dict(FIXTURE["state_dict"], model)
+    expected = convert_state_dict(FIXTURE["trained_float64"], model)
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            # Three steps move a weight by up to ~3 learning rates (1.8e-4); a wrong learning rate,
+            # weight decay or loss term changes that by far more than this tolerance.
+            moved = float((expected[name] - start[name]).abs().max())
+            torch.testing.assert_close(value, expected[name].reshape(value.shape), rtol=0, atol=1e-6 * max(moved, 1e-12), msg=name)
 
 
 def test_shapes_are_read_from_the_checkpoint() -> None:

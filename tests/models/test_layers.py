@@ -107,3 +107,42 @@ def test_post_norm_layers_have_no_final_norm_and_no_positions() -> None:
     # Without positions, attention over a permuted source gives the same output.
     source = torch.randn(1, 6, 8)
     torch.testing.assert_close(encoder(x, source), encoder(x, source[:, torch.randperm(6)]), rtol=1e-5, atol=1e-6)
+
+
+def _supcon_by_loops(z: torch.Tensor, classes: list[int], temperature: float) -> float:
+    """SupCon written anchor by anchor in float64 Python arithmetic (the oracle)."""
+    import math
+
+    z = torch.nn.functional.normalize(z.double(), dim=-1).tolist()
+    dot = [[sum(a * b for a, b in zip(u, v)) / temperature for v in z] for u in z]
+    losses = []
+    for i in range(len(z)):
+        positives = [p for p in range(len(z)) if p != i and classes[p] == classes[i]]
+        if not positives:
+            continue
+        log_denominator = math.log(sum(math.exp(dot[i][a]) for a in range(len(z)) if a != i))
+        losses.append(-sum(dot[i][p] - log_denominator for p in positives) / len(positives))
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+def test_supervised_contrastive_loss_equals_a_loop_over_anchors_in_float64() -> None:
+    from alignkit_models.layers import supervised_contrastive_loss
+
+    z = torch.randn(9, 5, dtype=torch.float64)
+    classes = [0, 1, 0, 2, 1, 1, 3, 0, 4]  # 3 and 4 have no positive
+    value = supervised_contrastive_loss(z, torch.tensor(classes), 0.1)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, torch.tensor(_supcon_by_loops(z, classes, 0.1), dtype=torch.float64), rtol=1e-12, atol=0)
+    assert float(supervised_contrastive_loss(z, torch.arange(9), 0.1)) == 0.0  # no anchor has a positive
+
+
+def test_supervised_contrastive_loss_stays_float32_under_bf16_autocast() -> None:
+    from alignkit_models.layers import supervised_contrastive_loss
+
+    z = torch.randn(32, 64)
+    classes = torch.randint(0, 7, (32,))
+    expected = supervised_contrastive_loss(z, classes, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = supervised_contrastive_loss(z, classes, 0.1)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=0)
