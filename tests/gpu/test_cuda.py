@@ -46,8 +46,9 @@ def _keops_cuda_reason() -> str | None:
 @pytest.mark.parametrize("backend", ["dense", "blocked", "keops", "auto"])
 def test_mmd_backends_agree_on_cuda(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if backend == "keops" and (reason := _keops_cuda_reason()) is not None:
-        # Deliberate: KeOps does not run on every CUDA set-up (it crashed with CUDA 13.0); the next
-        # test checks that alignkit then fails cleanly, and the probe's reason is printed here.
+        # Deliberate: KeOps does not run on every CUDA set-up (with CUDA 13.0 it crashes unless the
+        # system libstdc++ is preloaded, as run_gpu.sh does); the next test checks that alignkit then
+        # fails cleanly, and the probe's reason is printed here.
         pytest.skip(f"KeOps cannot run on this GPU: {reason}")
     monkeypatch.setattr("alignkit.kernels.dispatch.CUDA_DENSE_MAX", 0)  # make auto leave the dense path
     monkeypatch.setattr("alignkit.kernels.backends.blocked.CUDA_TILE", 1024)  # several tiles, ragged edge

@@ -4,8 +4,8 @@ the diagonal-Gaussian log-densities of the GMM E-step and the calibration distan
 Nothing of size ``N x M`` (or ``N x K x d``) is stored; KeOps compiles the formula (and, on
 first backward, its gradient) to C++/CUDA once per feature width and dtype, then caches it. Bandwidths enter as a
 parameter, so a new ``sigma`` (e.g. the median heuristic on every batch) does not recompile.
-On a GPU this is the fastest engine we know; on a CPU it saves memory but is slower than the
-blocked backend (see ``benchmarks/README.md``).
+It saves memory, but was slower than the blocked backend on a CPU and on an H200 GPU too (2.5x at
+N = M = 100k, in a sixth of the memory; see ``benchmarks/README.md``), so it runs only on request.
 """
 
 from __future__ import annotations
