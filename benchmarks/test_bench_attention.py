@@ -9,7 +9,11 @@ or none. Training differentiates it, so every case is timed forward + backward (
   with the written-out backward; on a GPU SDPA);
 * ``sdpa``: ``F.scaled_dot_product_attention`` (torch's fused kernel, what alignkit ran on CPUs before);
 * ``autograd``: the same arithmetic as plain ``@`` / ``softmax`` under autograd (the authors' code
-  computes attention this way).
+  computes attention this way);
+* ``alignkit-dropout``, ``autograd-dropout``: the first and last with the attention weights
+  dropped at rate 0.1 as in training (DecAlign's MOSI text layers): alignkit's
+  :func:`~alignkit_models.layers.dropout.keep_mask` on a CPU, ``F.dropout`` in the plain version.
+  Their check draws the same mask again from the same seed.
 
 An untimed check call of each case (also the warm-up) records in ``extra_info`` the largest
 difference of the output and of the three gradients from a float64 evaluation of the same
@@ -24,19 +28,22 @@ import torch.nn.functional as F
 from conftest import measure
 
 TOLERANCE = 1e-5
+DROPOUT = 0.1
 BATCH, HEADS, T_QUERY, T_KEY, WIDTH = 32, 8, 50, 100, 8
 
 
 def cases(full: bool) -> list[tuple[str, str]]:
     masks = ("padding", "none") if full else ("padding",)
-    return [(impl, mask) for mask in masks for impl in ("alignkit", "sdpa", "autograd")]
+    return [(impl, mask) for mask in masks for impl in ("alignkit", "sdpa", "autograd", "alignkit-dropout", "autograd-dropout")]
 
 
-def _plain(query, key, value, keep):
+def _plain(query, key, value, keep, kept=None):
+    """``kept``: the dropout's scaled keep mask, or None."""
     scores = (query * query.shape[-1] ** -0.5) @ key.transpose(-1, -2)
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))
-    return scores.softmax(-1) @ value
+    weights = scores.softmax(-1)
+    return (weights if kept is None else weights * kept) @ value
 
 
 def _implementation(impl: str):
@@ -46,7 +53,21 @@ def _implementation(impl: str):
         "alignkit": lambda q, k, v, keep: attention(q, k, v, keep),
         "sdpa": lambda q, k, v, keep: F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
         "autograd": _plain,
+        "alignkit-dropout": lambda q, k, v, keep: attention(q, k, v, keep, DROPOUT),
+        "autograd-dropout": lambda q, k, v, keep: _plain(q, k, v, keep, F.dropout(torch.ones(q.shape[:-1] + k.shape[-2:-1], device=q.device), DROPOUT)),
     }[impl]
+
+
+def _kept_mask(impl: str, device: torch.device) -> torch.Tensor | None:
+    """The scaled keep mask that ``impl`` draws right after ``torch.manual_seed``, as float64 on the CPU."""
+    from alignkit_models.layers.dropout import keep_mask
+
+    shape = (BATCH, HEADS, T_QUERY, T_KEY)
+    if impl == "autograd-dropout" or (impl == "alignkit-dropout" and device.type != "cpu"):
+        return F.dropout(torch.ones(shape, device=device), DROPOUT).double().cpu()
+    if impl == "alignkit-dropout":
+        return keep_mask(torch.Size(shape), DROPOUT, device, torch.float32, scaled=False).double() / (1 - DROPOUT)
+    return None
 
 
 def test_attention_forward_backward(benchmark, device, case: tuple[str, str]) -> None:
@@ -64,10 +85,13 @@ def test_attention_forward_backward(benchmark, device, case: tuple[str, str]) ->
     leaves = [x.to(device, copy=True).requires_grad_() for x in inputs]
     keep_device = None if keep is None else keep.to(device)
     upstream_device = upstream.to(device)
+    torch.manual_seed(0)
     out = fn(*leaves, keep_device)
     out.backward(upstream_device)
+    torch.manual_seed(0)
+    kept = _kept_mask(impl, device)
     reference_leaves = [x.double().requires_grad_() for x in inputs]
-    reference = _plain(*reference_leaves, keep)
+    reference = _plain(*reference_leaves, keep, kept)
     reference.backward(upstream.double())
     differences = [float((out.detach().cpu().double() - reference.detach()).abs().max())]
     differences += [float((mine.grad.cpu().double() - theirs.grad).abs().max()) for mine, theirs in zip(leaves, reference_leaves)]

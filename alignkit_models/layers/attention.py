@@ -50,9 +50,12 @@ def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dr
     if keep is not None:  # the mask's own (broadcast) shape, added in place to the scores
         bias = torch.zeros(keep.shape, dtype=dtype, device=query.device).masked_fill_(~keep, float("-inf"))
     mask = None
-    if dropout > 0:
+    if dropout > 0:  # 0/1 (the 1 / (1 - p) of a kept weight is applied to the small output instead)
         shape = torch.Size((batch * heads, t_target, t_source))
-        mask = keep_mask(shape, dropout, query.device, dtype) if fast_dropout else F.dropout(torch.ones(shape, dtype=dtype), dropout)
+        if fast_dropout:
+            mask = keep_mask(shape, dropout, query.device, dtype, scaled=False)
+        else:  # F.dropout's own draws (the reference comparisons rely on them)
+            mask = F.dropout(torch.ones(shape, dtype=dtype), dropout).ne_(0).to(dtype)
     attended = _CpuAttention.apply(
         heads,
         (query * width**-0.5).reshape(batch * heads, t_target, width),
@@ -60,39 +63,56 @@ def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dr
         value.reshape(batch * heads, t_source, width),
         bias,
         mask,
+        1.0 / (1.0 - dropout),
     )
     return attended.view(batch, heads, t_target, width)
 
 
 class _CpuAttention(torch.autograd.Function):
-    """``softmax(q k^T + bias) * mask`` times ``v`` over a batch of ``(T, h)`` matrices; float32
-    inside (autocast off); every ``h``-wide product computed transposed (see the module docstring)."""
+    """``scale * (softmax(q k^T + bias) * mask) v`` over a batch of ``(T, h)`` matrices, ``mask`` 0/1
+    or None; float32 inside (autocast off); every ``h``-wide product computed transposed (see the
+    module docstring).
+
+    The ``(N, T_t, T_s)`` matrices (5 MB per layer at DecAlign's MOSI shapes) do not stay in cache
+    between passes, so each pass over one costs about as much as a batched product: the function
+    makes as few as it can. The mask is overwritten with the dropped weights ``D = P * mask`` (no
+    new tensor), the dropout scale multiplies the ``(N, T_t, h)`` output and upstream gradient,
+    and the backward uses ``dS = D * G - P * rowsum(D * G)`` with ``G = dO v^T``, whose row sums
+    equal ``rowsum(dO * out)``, a product of two small tensors.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, heads: int, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+    def forward(
+        ctx, heads: int, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, mask: Tensor | None, scale: float
+    ) -> Tensor:
         weights = torch.bmm(query, key.transpose(1, 2))  # scores, (N = B * heads, T_t, T_s)
         if bias is not None:
             weights.view(-1, heads, *weights.shape[1:]).add_(bias)
         # In place: a fresh (N, T_t, T_s) tensor per step costs more than the softmax's arithmetic.
         torch._softmax(weights, -1, False, out=weights)
-        dropped = weights if mask is None else weights * mask
-        ctx.save_for_backward(query, key, value, weights, mask)
-        return torch.bmm(value.transpose(1, 2), dropped.transpose(1, 2)).transpose(1, 2)  # (v^T P^T)^T = P v
+        dropped = weights if mask is None else mask.mul_(weights)
+        attended = torch.bmm(value.transpose(1, 2), dropped.transpose(1, 2)).transpose(1, 2)  # (v^T P^T)^T = P v
+        if scale != 1.0:
+            attended = attended.mul_(scale)
+        ctx.scale = scale
+        ctx.save_for_backward(query, key, value, weights, None if mask is None else dropped, None if mask is None else attended)
+        return attended
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad: Tensor):
-        query, key, value, weights, mask = ctx.saved_tensors
+        query, key, value, weights, dropped, attended = ctx.saved_tensors
         grad = grad.to(weights.dtype)
-        # Recomputed rather than saved: one multiply instead of keeping a second (N, T_t, T_s) tensor per layer.
-        dropped = weights if mask is None else weights * mask
-        grad_t = grad.transpose(1, 2)  # (N, h, T_t)
-        grad_value = torch.bmm(grad_t, dropped).transpose(1, 2)  # (dO^T P)^T = P^T dO
-        grad_weights = torch.bmm(grad, value.transpose(1, 2))  # (N, T_t, T_s)
-        if mask is not None:
-            grad_weights = grad_weights.mul_(mask)
-        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype, grad_input=grad_weights)
+        scaled = grad if ctx.scale == 1.0 else grad * ctx.scale
+        grad_t = scaled.transpose(1, 2)  # (N, h, T_t)
+        grad_value = torch.bmm(grad_t, weights if dropped is None else dropped).transpose(1, 2)  # (dO^T D)^T = D^T dO
+        grad_weights = torch.bmm(scaled, value.transpose(1, 2))  # G, (N, T_t, T_s)
+        if dropped is None:
+            grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype, grad_input=grad_weights)
+        else:
+            row_sums = (grad * attended).sum(-1, keepdim=True)  # rowsum(D * G)
+            grad_scores = grad_weights.mul_(dropped).addcmul_(weights, row_sums, value=-1.0)
         grad_query = torch.bmm(key.transpose(1, 2), grad_scores.transpose(1, 2)).transpose(1, 2)  # (k^T dS^T)^T = dS k
         grad_key = torch.bmm(query.transpose(1, 2), grad_scores).transpose(1, 2)  # (q^T dS)^T = dS^T q
-        return None, grad_query, grad_key, grad_value, None, None
+        return None, grad_query, grad_key, grad_value, None, None, None

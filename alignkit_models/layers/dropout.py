@@ -30,8 +30,9 @@ def random_bytes(shape: torch.Size, device: torch.device) -> Tensor:
     return draws.view(torch.uint8)[:count].view(shape)
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A ``dtype`` tensor of ``shape``: ``1 / (1 - p)`` with probability ``1 - p``, else 0, independently."""
+def keep_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype, scaled: bool = True) -> Tensor:
+    """A ``dtype`` tensor of ``shape``: ``1 / (1 - p)`` (``scaled``, else 1) with probability ``1 - p``,
+    else 0, independently."""
     threshold = math.floor(256.0 * p)
     count = shape.numel()
     # Kept where the byte is >= threshold: probability 1 - threshold / 256. (Comparisons run
@@ -42,7 +43,8 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dt
         # (1 - threshold / 256) (1 - extra) = 1 - p.
         extra = (p - threshold / 256.0) / (1.0 - threshold / 256.0)
         mask[bernoulli_positions(count, extra, device)] = 0
-    return mask.view(shape).mul_(1.0 / (1.0 - p))
+    mask = mask.view(shape)
+    return mask.mul_(1.0 / (1.0 - p)) if scaled else mask
 
 
 def bernoulli_positions(count: int, rate: float, device: torch.device, batch: int | None = None) -> Tensor:

@@ -41,11 +41,12 @@ def test_cpu_attention_and_its_gradients_equal_plain_autograd(shape: str, droppe
     import alignkit_models.layers.attention as module
 
     keep = _keep(shape)
-    mask = (torch.rand(B * H, T_T, T_S, generator=torch.Generator().manual_seed(1), dtype=torch.float64) > 0.3) / 0.7 if dropped else None
-    monkeypatch.setattr(module, "keep_mask", lambda *args: mask)
+    mask = (torch.rand(B * H, T_T, T_S, generator=torch.Generator().manual_seed(1), dtype=torch.float64) > 0.3).double() if dropped else None
+    # The core receives a 0/1 mask and overwrites it (with the dropped weights): hand it a copy.
+    monkeypatch.setattr(module, "keep_mask", lambda shape, p, device, dtype, scaled: mask.clone())
     ours_inputs, reference_inputs = _inputs(), _inputs()
     ours = attention(*ours_inputs, keep, 0.3 if dropped else 0.0)
-    reference = _reference(*reference_inputs, keep, mask)
+    reference = _reference(*reference_inputs, keep, None if mask is None else mask / 0.7)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(ours.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ours.backward(upstream)
@@ -59,8 +60,9 @@ def test_cpu_attention_passes_gradcheck(shape: str) -> None:
     query, key, value = (x.detach().reshape(B * H, -1, W).requires_grad_() for x in _inputs())
     keep = _keep(shape)
     bias = None if keep is None else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, float("-inf"))
-    mask = (torch.rand(B * H, T_T, T_S, generator=torch.Generator().manual_seed(3), dtype=torch.float64) > 0.5) * 2.0
-    assert torch.autograd.gradcheck(lambda q, k, v: _CpuAttention.apply(H, q, k, v, bias, mask), (query, key, value))
+    mask = (torch.rand(B * H, T_T, T_S, generator=torch.Generator().manual_seed(3), dtype=torch.float64) > 0.5).double()
+    # The mask is overwritten by each call, so every evaluation gets a fresh copy; scale 2 = 1 / (1 - 0.5).
+    assert torch.autograd.gradcheck(lambda q, k, v: _CpuAttention.apply(H, q, k, v, bias, mask.clone(), 2.0), (query, key, value))
 
 
 def test_cpu_attention_equals_sdpa_in_float32() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignkit_models.layers import CrossModalEncoder
-from alignkit_models.layers.dropout import FastDropout, bernoulli_positions, random_bytes
+from alignkit_models.layers.dropout import FastDropout, bernoulli_positions, keep_mask, random_bytes
 
 
 def test_random_bytes_are_uniform() -> None:
@@ -26,6 +26,17 @@ def test_fast_dropout_drops_exactly_p_and_keeps_the_mean(p: float) -> None:
     values = out.unique()
     assert len(values) == 2 and values[0] == 0.0 and float(values[1]) == pytest.approx(1 / (1 - p))
     assert abs(float(out.double().mean()) - 1.0) < 4.5 * (p / (1 - p) / n) ** 0.5
+
+
+def test_unscaled_keep_mask_is_the_scaled_one_without_its_factor() -> None:
+    # The attention core takes the 0/1 mask and applies 1 / (1 - p) to its small output.
+    shape, p = torch.Size([1000, 300]), 0.1
+    torch.manual_seed(3)
+    unscaled = keep_mask(shape, p, torch.device("cpu"), torch.float32, scaled=False)
+    torch.manual_seed(3)
+    scaled = keep_mask(shape, p, torch.device("cpu"), torch.float32)
+    assert set(unscaled.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(unscaled / (1 - p), scaled, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("batch", [None, 7])
@@ -82,7 +93,8 @@ def test_attention_dropout_that_keeps_everything_equals_evaluation(norm: str, mo
     # everything, the values must be those of evaluation (masks of padded steps included).
     import alignkit_models.layers.attention as attention
 
-    monkeypatch.setattr(attention, "keep_mask", lambda shape, p, device, dtype: torch.ones(shape, device=device, dtype=dtype))
+    # A mask of 1 - p everywhere: the core's 1 / (1 - p) for kept weights cancels it.
+    monkeypatch.setattr(attention, "keep_mask", lambda shape, p, device, dtype, scaled: torch.full(shape, 1 - p, device=device, dtype=dtype))
     torch.manual_seed(0)
     encoder = CrossModalEncoder(16, 4, 2, attn_dropout=0.3, relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, norm=norm)
     target, source = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
