@@ -79,11 +79,12 @@ def official_model(official: Path, overrides: dict[str, Any]) -> torch.nn.Module
 def official_training_steps(official: Path, overrides: dict[str, Any], state: dict[str, torch.Tensor], steps: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Their weights after one training step per ``(batch, labels)``, float64: the loss, gradient
     clipping and Adam of their ``DecAlignTrainer.do_train``, called through its own methods."""
+    args = official_args(official, overrides)  # also puts their checkout on the path
+    from models.model import DecAlign  # their model
     from trains.ATIO import DecAlignTrainer  # their trainer
 
-    args = official_args(official, overrides)
     trainer = DecAlignTrainer(args)
-    model = official_model(official, overrides)
+    model = DecAlign(args)
     model.load_state_dict(state)
     model = model.double().train()
     optimizer = torch.optim.Adam([{"params": model.parameters(), "weight_decay": args.weight_decay}], lr=args.learning_rate)

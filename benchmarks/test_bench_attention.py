@@ -37,12 +37,13 @@ def cases(full: bool) -> list[tuple[str, str]]:
     return [(impl, mask) for mask in masks for impl in ("alignkit", "sdpa", "autograd", "alignkit-dropout", "autograd-dropout")]
 
 
-def _plain(query, key, value, keep, kept=None):
-    """``kept``: the dropout's scaled keep mask, or None."""
+def _plain(query, key, value, keep, kept=None, dropout=0.0):
+    """``kept``: a given scaled keep mask (the float64 check), or None; ``dropout``: the weights
+    dropped with ``F.dropout`` (the timed case)."""
     scores = (query * query.shape[-1] ** -0.5) @ key.transpose(-1, -2)
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))
-    weights = scores.softmax(-1)
+    weights = F.dropout(scores.softmax(-1), dropout)
     return (weights if kept is None else weights * kept) @ value
 
 
@@ -54,7 +55,7 @@ def _implementation(impl: str):
         "sdpa": lambda q, k, v, keep: F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
         "autograd": _plain,
         "alignkit-dropout": lambda q, k, v, keep: attention(q, k, v, keep, DROPOUT),
-        "autograd-dropout": lambda q, k, v, keep: _plain(q, k, v, keep, F.dropout(torch.ones(q.shape[:-1] + k.shape[-2:-1], device=q.device), DROPOUT)),
+        "autograd-dropout": lambda q, k, v, keep: _plain(q, k, v, keep, dropout=DROPOUT),
     }[impl]
 
 
@@ -64,6 +65,7 @@ def _kept_mask(impl: str, device: torch.device) -> torch.Tensor | None:
 
     shape = (BATCH, HEADS, T_QUERY, T_KEY)
     if impl == "autograd-dropout" or (impl == "alignkit-dropout" and device.type != "cpu"):
+        # F.dropout draws its mask from the shape and dtype alone: the same as on the weights.
         return F.dropout(torch.ones(shape, device=device), DROPOUT).double().cpu()
     if impl == "alignkit-dropout":
         return keep_mask(torch.Size(shape), DROPOUT, device, torch.float32, scaled=False).double() / (1 - DROPOUT)

@@ -55,7 +55,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dr
         if fast_dropout:
             mask = keep_mask(shape, dropout, query.device, dtype, scaled=False)
         else:  # F.dropout's own draws (the reference comparisons rely on them)
-            mask = F.dropout(torch.ones(shape, dtype=dtype), dropout).ne_(0).to(dtype)
+            mask = F.dropout(torch.ones(shape, dtype=dtype), dropout).ne_(0)  # in place: stays dtype, 0/1
     attended = _CpuAttention.apply(
         heads,
         (query * width**-0.5).reshape(batch * heads, t_target, width),
