@@ -15,7 +15,7 @@ otherwise                                      ``blocked``
 
 On the CPU the blocked backend, which computes value and gradient in one pass, was faster than
 the dense one from ``N = M = 128`` up; on an H200 it tied dense from ``N = M = 1k`` up, with a
-quarter of the memory at 4k and 1.8x the speed at 16k (``benchmarks/README.md``). ``auto`` never
+quarter of the memory at 4k and 1.9x the speed at 16k (``benchmarks/README.md``). ``auto`` never
 picks KeOps by itself: on the H200 (KeOps 2.3, CUDA 13.0) blocked was 3.7x faster at 16k and 2.5x
 faster at 100k, and on the CPU it is faster too. KeOps needs far less memory (148 MiB against
 969 MiB at 100k on the H200), so it stays one argument (or ``$ALIGNKIT_BACKEND=keops``) away.
@@ -47,7 +47,7 @@ CPU_DENSE_MAX = 128 * 128
 """Largest ``N * M`` that ``auto`` computes densely on a CPU."""
 CUDA_DENSE_MAX = 1024 * 1024
 """Largest ``N * M`` that ``auto`` computes densely on a GPU: on an H200 blocked tied dense at
-1k and 4k with a quarter of the memory, and was 1.8x faster at 16k."""
+1k and 4k with a quarter of the memory, and was 1.9x faster at 16k."""
 
 
 def _environment_choice() -> str | None:
