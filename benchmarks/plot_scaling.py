@@ -14,11 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def peak_mib(info: dict) -> float:
-    """Peak extra memory in MiB: ``peak_mib``, or ``peak_extra_bytes`` of the results stored before it."""
-    return float(info["peak_mib"]) if "peak_mib" in info else info["peak_extra_bytes"] / 2**20
-
-
 def load_mmd_points(paths: list[Path]) -> dict[str, list[tuple[int, float, float]]]:
     """``{implementation: [(N, median seconds, peak extra MiB), ...]}`` from the MMD group."""
     points: dict[str, dict[int, tuple[int, float, float]]] = defaultdict(dict)
@@ -26,7 +21,7 @@ def load_mmd_points(paths: list[Path]) -> dict[str, list[tuple[int, float, float
         for bench in json.loads(path.read_text())["benchmarks"]:
             info = bench["extra_info"]
             if bench["group"].startswith("mmd fwd+bwd"):
-                points[info["impl"]][info["n"]] = (info["n"], bench["stats"]["median"], peak_mib(info))
+                points[info["impl"]][info["n"]] = (info["n"], bench["stats"]["median"], float(info["peak_mib"]))
     return {impl: sorted(by_n.values()) for impl, by_n in points.items()}
 
 
