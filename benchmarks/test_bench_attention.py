@@ -5,15 +5,13 @@ steps (the other two modalities' streams), float32, with a padding mask (some sa
 or none. Training differentiates it, so every case is timed forward + backward (the gradients of
 ``sum(out * upstream)`` with respect to queries, keys and values).
 
-* ``alignkit``: :func:`alignkit_models.layers.attention.attention` (on a CPU the fused C kernel of
-  ``attention_kernel.c``; on a GPU SDPA);
-* ``alignkit-unfused``: the same on a CPU with ``ALIGNKIT_CPU_ATTENTION=unfused``: its torch
-  autograd function with the written-out backward (what alignkit ran before the kernel; CPU only);
+* ``alignkit``: :func:`alignkit_models.layers.attention.attention` (on a CPU its autograd function
+  with the written-out backward; on a GPU SDPA);
 * ``sdpa``: ``F.scaled_dot_product_attention`` (torch's fused kernel, what alignkit ran on CPUs before);
 * ``autograd``: the same arithmetic as plain ``@`` / ``softmax`` under autograd (the authors' code
   computes attention this way);
-* ``alignkit-dropout``, ``alignkit-unfused-dropout``, ``autograd-dropout``: those with the
-  attention weights dropped at rate 0.1 as in training (DecAlign's MOSI text layers): alignkit's
+* ``alignkit-dropout``, ``autograd-dropout``: the first and last with the attention weights
+  dropped at rate 0.1 as in training (DecAlign's MOSI text layers): alignkit's
   :func:`~alignkit_models.layers.dropout.keep_mask` on a CPU, ``F.dropout`` in the plain version.
   Their check draws the same mask again from the same seed.
 
@@ -25,7 +23,6 @@ or a dropped mask changes values by more than 1e-2).
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from conftest import measure
@@ -37,8 +34,7 @@ BATCH, HEADS, T_QUERY, T_KEY, WIDTH = 32, 8, 50, 100, 8
 
 def cases(full: bool) -> list[tuple[str, str]]:
     masks = ("padding", "none") if full else ("padding",)
-    impls = ("alignkit", "alignkit-unfused", "sdpa", "autograd", "alignkit-dropout", "alignkit-unfused-dropout", "autograd-dropout")
-    return [(impl, mask) for mask in masks for impl in impls]
+    return [(impl, mask) for mask in masks for impl in ("alignkit", "sdpa", "autograd", "alignkit-dropout", "autograd-dropout")]
 
 
 def _plain(query, key, value, keep, kept=None, dropout=0.0):
@@ -59,8 +55,6 @@ def _implementation(impl: str):
         "sdpa": lambda q, k, v, keep: F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
         "autograd": _plain,
         "alignkit-dropout": lambda q, k, v, keep: attention(q, k, v, keep, DROPOUT),
-        "alignkit-unfused": lambda q, k, v, keep: attention(q, k, v, keep),
-        "alignkit-unfused-dropout": lambda q, k, v, keep: attention(q, k, v, keep, DROPOUT),
         "autograd-dropout": lambda q, k, v, keep: _plain(q, k, v, keep, dropout=DROPOUT),
     }[impl]
 
@@ -70,31 +64,16 @@ def _kept_mask(impl: str, device: torch.device) -> torch.Tensor | None:
     from alignkit_models.layers.dropout import keep_mask
 
     shape = (BATCH, HEADS, T_QUERY, T_KEY)
-    if impl == "autograd-dropout" or (impl.startswith("alignkit") and impl.endswith("dropout") and device.type != "cpu"):
+    if impl == "autograd-dropout" or (impl == "alignkit-dropout" and device.type != "cpu"):
         # F.dropout draws its mask from the shape and dtype alone: the same as on the weights.
         return F.dropout(torch.ones(shape, device=device), DROPOUT).double().cpu()
-    if impl.startswith("alignkit") and impl.endswith("dropout"):
+    if impl == "alignkit-dropout":
         return keep_mask(torch.Size(shape), DROPOUT, device, torch.float32, scaled=False).double() / (1 - DROPOUT)
     return None
 
 
-@pytest.fixture(autouse=True)
-def _choose_the_core_anew(monkeypatch):
-    """The choice of CPU core is cached per process: each case (and what runs after) chooses anew."""
-    from alignkit_models.layers.attention_kernel import _load
-
-    _load.cache_clear()
-    yield
-    monkeypatch.undo()
-    _load.cache_clear()
-
-
-def test_attention_forward_backward(benchmark, device, case: tuple[str, str], monkeypatch) -> None:
+def test_attention_forward_backward(benchmark, device, case: tuple[str, str]) -> None:
     impl, mask = case
-    if "unfused" in impl:
-        if device.type != "cpu":
-            pytest.skip("the unfused core is the CPU's alternative to the fused kernel; a GPU runs SDPA")
-        monkeypatch.setenv("ALIGNKIT_CPU_ATTENTION", "unfused")
     benchmark.group = f"attention fwd+bwd, B={BATCH} H={HEADS} T={T_QUERY}x{T_KEY} h={WIDTH}, mask {mask}"
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(BATCH, HEADS, t, WIDTH, generator=generator) for t in (T_QUERY, T_KEY, T_KEY)]

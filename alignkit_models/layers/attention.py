@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignkit_models.layers.attention_kernel import MASKED, FusedCpuAttention, bias_supported, fused_attention_unavailable
 from alignkit_models.layers.dropout import keep_mask
 
 
@@ -47,10 +46,9 @@ def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dr
     batch, heads, t_target, width = query.shape
     t_source = key.shape[2]
     dtype = torch.promote_types(query.dtype, torch.float32)  # what the function computes in
-    fused = fused_attention_unavailable() is None and (keep is None or bias_supported(keep.shape))
     bias = None
-    if keep is not None:  # the mask's own (broadcast) shape, added to the scores
-        bias = torch.zeros(keep.shape, dtype=dtype, device=query.device).masked_fill_(~keep, MASKED if fused else float("-inf"))
+    if keep is not None:  # the mask's own (broadcast) shape, added in place to the scores
+        bias = torch.zeros(keep.shape, dtype=dtype, device=query.device).masked_fill_(~keep, float("-inf"))
     mask = None
     if dropout > 0:  # 0/1 (the 1 / (1 - p) of a kept weight is applied to the small output instead)
         shape = torch.Size((batch * heads, t_target, t_source))
@@ -58,7 +56,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dr
             mask = keep_mask(shape, dropout, query.device, dtype, scaled=False)
         else:  # F.dropout's own draws (the reference comparisons rely on them)
             mask = F.dropout(torch.ones(shape, dtype=dtype), dropout).ne_(0)  # in place: stays dtype, 0/1
-    attended = (FusedCpuAttention if fused else _CpuAttention).apply(
+    attended = _CpuAttention.apply(
         heads,
         (query * width**-0.5).reshape(batch * heads, t_target, width),
         key.reshape(batch * heads, t_source, width),
