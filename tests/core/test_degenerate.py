@@ -146,7 +146,7 @@ def test_sqrtm_psd_of_a_rank_one_matrix_is_accurate_with_finite_gradient_under_a
     root = sqrtm_psd(matrix)
     # eigh returns the zero eigenvalues as round-off of size d * eps * 6, of either sign; a positive
     # one becomes its square root, sqrt(d * eps * 6) (2.5e-8 in float64 seen on an Intel CPU with
-    # torch 2.13, exactly 0 on an AMD one). A wrong root is off by O(1).
+    # torch 2.13, exactly 0 on an AMD one). A root off by 0.1 % fails it.
     atol = (3 * torch.finfo(dtype).eps * 6.0) ** 0.5
     torch.testing.assert_close(root, torch.outer(v, v) / v.norm(), atol=atol, rtol=0)
     assert_finite_with_finite_gradients(root, matrix, loss_scale=LOSS_SCALE)
