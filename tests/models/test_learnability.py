@@ -29,6 +29,7 @@ from torch import Tensor
 from alignkit_models.models.base import MultimodalModel
 from alignkit_models.registry import create_model, list_models
 from alignkit_models.training.config import ProtocolConfig
+from alignkit_models.training.trainer import training_adam
 
 MODEL_NAMES = [info.name for info in list_models()]
 
@@ -109,8 +110,9 @@ def build(name: str, task: str) -> MultimodalModel:
 
 
 def train(model: MultimodalModel, split: Split, lr: float = LEARNING_RATE) -> None:
-    """``EPOCHS`` shuffled passes of full batches: zero_grad, ``loss(...).total.backward()``, clip, step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    """``EPOCHS`` shuffled passes of full batches: zero_grad, ``loss(...).total.backward()``, clip,
+    step of the trainer's Adam (fused: the per-tensor loop of plain Adam was a third of DMD's step)."""
+    optimizer = training_adam([{"params": list(model.parameters())}], lr=lr, weight_decay=0.0, device=torch.device("cpu"))
     order = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(EPOCHS):
