@@ -3,23 +3,42 @@
 On a GPU: ``F.scaled_dot_product_attention`` (its fused kernels), or, when attention weights
 are dropped in training, the weights formed explicitly and dropped with ``F.dropout``.
 
-On a CPU: :class:`_CpuAttention`, an autograd function whose backward is written out. At the
-narrow head widths of the multimodal transformers (DecAlign: ``h = 8``), a batched product
-whose result is ``h`` columns wide (``P v``, and in the backward ``dS k``, ``dS^T q``,
-``P^T dO``) ran 3-5x slower here than the same product computed transposed, with ``h`` rows
-(``v^T P^T`` ...); the autograd of ``bmm`` cannot choose that orientation, so this function
-does. Forward and backward then took about half the time of SDPA's fused CPU kernel. The
-attention-weight dropout on a CPU is :func:`~alignkit_models.layers.dropout.keep_mask` (torch's
+On a CPU: :class:`_CpuAttention`, an autograd function whose backward is written out, so that it
+can choose the orientation of each batched product at the narrow head widths of the multimodal
+transformers (DecAlign: ``h = 8``), which the autograd of ``bmm`` cannot. Which orientation is
+fast depends on the CPU's BLAS kernels. On an AMD EPYC, a product whose result is ``h`` columns
+wide (``P v``, and in the backward ``dS k``, ``dS^T q``, ``P^T dO``) ran 3-5x slower than the
+same product computed transposed, with ``h`` rows (``v^T P^T`` ...). On an Intel Xeon (AVX-512),
+whose MKL takes other kernels, ``v^T P^T`` and ``k^T dS^T``, whose second factor is a transposed
+view of the ``(T_t, T_s)`` matrix, ran 4-5x slower than ``P v`` and ``dS k`` (2.0 against
+0.44 ms at DecAlign's MOSI shapes), while the other two kept the transposed form's lead.
+:data:`WEIGHTS_FIRST` picks from the CPU vendor (the same values either way, up to the products'
+rounding). Forward and backward took about half the time of SDPA's fused CPU kernel on the EPYC.
+The attention-weight dropout on a CPU is :func:`~alignkit_models.layers.dropout.keep_mask` (torch's
 own dropout path inside SDPA cost 3x more), applied after the softmax as in ``nn.Dropout``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit_models.layers.dropout import keep_mask
+
+
+def _intel_cpu() -> bool:
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: keep the orientation measured first
+        return False
+
+
+WEIGHTS_FIRST: bool = _intel_cpu()
+"""On a CPU, compute ``P v`` and ``dS k`` as such (True: Intel CPUs) rather than transposed,
+``(v^T P^T)^T`` and ``(k^T dS^T)^T`` (False: others, e.g. AMD). Read at each call."""
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dropout: float = 0.0, fast_dropout: bool = True) -> Tensor:
@@ -70,8 +89,8 @@ def attention(query: Tensor, key: Tensor, value: Tensor, keep: Tensor | None, dr
 
 class _CpuAttention(torch.autograd.Function):
     """``scale * (softmax(q k^T + bias) * mask) v`` over a batch of ``(T, h)`` matrices, ``mask`` 0/1
-    or None; float32 inside (autocast off); every ``h``-wide product computed transposed (see the
-    module docstring).
+    or None; float32 inside (autocast off); each product in the orientation the module docstring
+    describes.
 
     The ``(N, T_t, T_s)`` matrices (5 MB per layer at DecAlign's MOSI shapes) do not stay in cache
     between passes, so each pass over one costs about as much as a batched product: the function
@@ -92,7 +111,10 @@ class _CpuAttention(torch.autograd.Function):
         # In place: a fresh (N, T_t, T_s) tensor per step costs more than the softmax's arithmetic.
         torch._softmax(weights, -1, False, out=weights)
         dropped = weights if mask is None else mask.mul_(weights)
-        attended = torch.bmm(value.transpose(1, 2), dropped.transpose(1, 2)).transpose(1, 2)  # (v^T P^T)^T = P v
+        if WEIGHTS_FIRST:
+            attended = torch.bmm(dropped, value)
+        else:
+            attended = torch.bmm(value.transpose(1, 2), dropped.transpose(1, 2)).transpose(1, 2)  # (v^T P^T)^T = P v
         if scale != 1.0:
             attended = attended.mul_(scale)
         ctx.scale = scale
@@ -113,6 +135,9 @@ class _CpuAttention(torch.autograd.Function):
         else:
             row_sums = (grad * attended).sum(-1, keepdim=True)  # rowsum(D * G)
             grad_scores = grad_weights.mul_(dropped).addcmul_(weights, row_sums, value=-1.0)
-        grad_query = torch.bmm(key.transpose(1, 2), grad_scores.transpose(1, 2)).transpose(1, 2)  # (k^T dS^T)^T = dS k
+        if WEIGHTS_FIRST:
+            grad_query = torch.bmm(grad_scores, key)
+        else:
+            grad_query = torch.bmm(key.transpose(1, 2), grad_scores.transpose(1, 2)).transpose(1, 2)  # (k^T dS^T)^T = dS k
         grad_key = torch.bmm(query.transpose(1, 2), grad_scores).transpose(1, 2)  # (q^T dS)^T = dS^T q
         return None, grad_query, grad_key, grad_value, None, None, None

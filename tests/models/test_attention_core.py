@@ -1,5 +1,6 @@
 """The attention core (``alignkit_models.layers.attention``): its CPU autograd function against
-plain autograd, ``gradcheck`` and SDPA; masks of every broadcast shape the encoders pass."""
+plain autograd, ``gradcheck`` and SDPA, in both orientations of its products; masks of every
+broadcast shape the encoders pass."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ import torch.nn.functional as F
 from alignkit_models.layers.attention import _CpuAttention, attention
 
 B, H, T_T, T_S, W = 3, 2, 5, 7, 4
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["transposed", "weights-first"])
+def orientation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test with both orientations of ``P v`` and ``dS k`` (the CPU vendor picks one)."""
+    import alignkit_models.layers.attention as module
+
+    monkeypatch.setattr(module, "WEIGHTS_FIRST", request.param)
 
 
 def _keep(shape: str) -> torch.Tensor | None:
