@@ -58,6 +58,10 @@ GradMode = Literal["envelope", "unrolled"]
 MAX_COST_ELEMENTS = 2**25
 """Default memory guard: the largest joint cost tensor (``prod K_i``) a solver accepts (128 MB in float32)."""
 
+SOFTMAX_TAPE_BYTES = 2**26
+"""Most memory the unrolled solver's forward pass spends on what spares its backward pass the
+exponentials (``max_iter * M * prod K_i`` entries); larger problems recompute them instead."""
+
 
 def check_cost_size(shape: Sequence[int], max_elements: int) -> None:
     """Refuse a joint cost tensor with more than ``max_elements`` entries."""
@@ -159,14 +163,23 @@ class _ArrayOps:
     def zeros(self, n: int) -> Any:
         return np.zeros(n, dtype=torch.empty((), dtype=self.dtype).numpy().dtype) if self.numpy else torch.zeros(n, dtype=self.dtype, device=self.device)
 
-    def sum(self, x: Any, axes: Sequence[int]) -> Any:
-        return x.sum(axis=tuple(axes)) if self.numpy else x.sum(dim=list(axes))
+    def sum(self, x: Any, axes: Sequence[int], keepdim: bool = False) -> Any:
+        return x.sum(axis=tuple(axes), keepdims=keepdim) if self.numpy else x.sum(dim=list(axes), keepdim=keepdim)
 
     def logsumexp(self, x: Any, axes: Sequence[int]) -> Any:
         if not self.numpy:
             return torch.logsumexp(x, dim=list(axes))
         top = x.max(axis=tuple(axes), keepdims=True)
         return np.log(np.exp(x - top).sum(axis=tuple(axes))) + top.reshape(-1)
+
+    def logsumexp_parts(self, x: Any, axes: Sequence[int]) -> tuple[Any, Any, Any]:
+        """``logsumexp`` over ``axes`` (flat) with its parts: ``e = exp(x - max)`` (``x``'s shape)
+        and its sums ``z`` (flat), so that ``softmax = e / z``."""
+        top = x.max(axis=tuple(axes), keepdims=True) if self.numpy else x.amax(dim=list(axes), keepdim=True)
+        parts = self.exp(x - top)
+        total = self.sum(parts, axes, keepdim=True)
+        lse = (np.log(total) if self.numpy else total.log()) + top
+        return lse.reshape(-1), parts, total.reshape(-1)
 
     def logaddexp(self, x: Any, y: float) -> Any:
         # new_full fills on the device; new_tensor would copy from the host (not capturable in a CUDA graph).
@@ -189,10 +202,14 @@ def _sinkhorn_iterations(
     check_every: int,
     scaling_guard: float = 0.0,
     history: list[Any] | None = None,
+    keep_softmax: bool = False,
 ) -> tuple[list[Tensor], int, bool, float]:
     """Cyclic potential updates, without autograd; returns potentials, sweeps done, converged
-    flag, final error. ``history`` (if given) receives the potential each update sets (arrays
-    of :class:`_ArrayOps`).
+    flag, final error. ``history`` (if given) receives, per update, ``(potential, parts, sums,
+    guarded_lse)`` (arrays of :class:`_ArrayOps`): the potential it sets and, with
+    ``keep_softmax``, what the backward of :class:`_UnrolledSinkhorn` needs of it (else None):
+    the parts of the softmax over the other axes (:meth:`_ArrayOps.logsumexp_parts`) and, with
+    a scaling guard, the logsumexp the guard meets.
 
     Potentials are kept in units of ``epsilon`` inside the loop, and the plan is updated in
     place. ``tol=0`` skips the convergence checks.
@@ -209,16 +226,21 @@ def _sinkhorn_iterations(
     error, sweeps, converged = math.inf, max_iter, False
     for sweep in range(1, max_iter + 1):
         for axis, lam in enumerate(lambdas):
-            lse = ops.logsumexp(log_plan, other_axes[axis])
+            parts = sums = own = None
+            if keep_softmax:
+                lse, parts, sums = ops.logsumexp_parts(log_plan, other_axes[axis])
+            else:
+                lse = ops.logsumexp(log_plan, other_axes[axis])
             if log_guard is None:
                 new = lam - lse + scaled[axis]
             else:
                 # (lse - s_i): log of (K . prod_{j != i} u_j), the marginal without this axis' own scaling.
-                new = lam - ops.logaddexp(lse - scaled[axis], log_guard)
+                own = lse - scaled[axis]
+                new = lam - ops.logaddexp(own, log_guard)
             log_plan += (new - scaled[axis]).reshape(shapes[axis])
             scaled[axis] = new
             if history is not None:
-                history.append(new)
+                history.append((new, parts, sums, own if keep_softmax else None))
         if (tol > 0 and sweep % check_every == 0) or sweep == max_iter:
             # The last axis was just matched exactly; one host sync per check, not per sweep.
             residuals = [abs(ops.exp(ops.logsumexp(log_plan, other_axes[i])) - nu).sum() for i, nu in enumerate(targets)]
@@ -243,14 +265,20 @@ class _UnrolledSinkhorn(torch.autograd.Function):
     the adjoint ``a`` of that ``s_i``: ``lambda_i`` gets ``a``; ``Q = L + sum_{j != i} s_j`` gets
     ``-a w * softmax_{axes != i}(Q)`` (``w = sigmoid(lse_i - log guard)``, 1 without guard), which
     flows into ``L`` and, summed over the other axes, into each ``s_j`` of the update that set it.
+
+    The forward pass keeps each update's softmax (as the parts its logsumexp computed) when they fit
+    in :data:`SOFTMAX_TAPE_BYTES` (DecAlign's 7 x 7 x 7 cost and 50 sweeps: 0.2 MB in float32), so
+    that the backward pass needs no exponential; beyond that it keeps the potentials only and
+    recomputes the softmaxes from them.
     """
 
     @staticmethod
     def forward(ctx, log_kernel: Tensor, run: dict, *log_marginals: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         history: list[Any] = []
+        tape_bytes = run["max_iter"] * log_kernel.ndim * log_kernel.numel() * log_kernel.element_size()
         scaled, n_iter, converged, error = _sinkhorn_iterations(
             log_kernel, log_marginals, run["marginals"], 1.0, run["max_iter"], run["tol"], run["check_every"],
-            run["scaling_guard"], history=history,
+            run["scaling_guard"], history=history, keep_softmax=tape_bytes <= SOFTMAX_TAPE_BYTES,
         )
         run.update(n_iter=n_iter, converged=converged, error=error)
         ctx.save_for_backward(log_kernel)
@@ -273,18 +301,23 @@ class _UnrolledSinkhorn(torch.autograd.Function):
             axis = t % n_axes
             a, adjoint[axis] = adjoint[axis], adjoint[axis] * 0
             marginal_adjoint[axis] = marginal_adjoint[axis] + a
-            # The other potentials as they were at update t: each set by its latest earlier update.
-            others = [(j, t - (axis - j) % n_axes) for j in range(n_axes) if j != axis]
-            q = kernel
-            for j, set_at in others:
-                if set_at >= 0:
-                    q = q + history[set_at].reshape(shapes[j])
-            lse = ops.logsumexp(q, [j for j, _ in others])
-            weight = -a if ctx.log_guard is None else -a * ops.sigmoid(lse - ctx.log_guard)
-            q_adjoint = ops.exp(q - lse.reshape(shapes[axis])) * weight.reshape(shapes[axis])
+            others = [j for j in range(n_axes) if j != axis]
+            _, parts, sums, lse = history[t]
+            if parts is None:  # not kept: from the other potentials as they were at update t
+                q = kernel
+                for j in others:
+                    set_at = t - (axis - j) % n_axes  # the latest earlier update of axis j
+                    if set_at >= 0:
+                        q = q + history[set_at][0].reshape(shapes[j])
+                lse, parts, sums = ops.logsumexp_parts(q, others)
+            # softmax = parts / sums: the division is done on the vector.
+            weight = -a / sums if ctx.log_guard is None else -a * ops.sigmoid(lse - ctx.log_guard) / sums
+            q_adjoint = parts * weight.reshape(shapes[axis])
             kernel_adjoint += q_adjoint
-            for j, _ in others:
-                adjoint[j] = adjoint[j] + ops.sum(q_adjoint, [k for k in range(n_axes) if k != j])
+            # Summed over this update's axis first, so that each sum below reduces a K_i times smaller array.
+            reduced = ops.sum(q_adjoint, [axis], keepdim=True)
+            for j in others:
+                adjoint[j] = adjoint[j] + ops.sum(reduced, [k for k in range(n_axes) if k != j])
         return (ops.tensor(kernel_adjoint), None, *(ops.tensor(m) for m in marginal_adjoint))
 
 

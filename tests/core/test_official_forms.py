@@ -3,6 +3,7 @@ written here from its definition (numpy / plain torch, float64)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -12,6 +13,9 @@ import torch
 
 from alignkit import functional as F
 from alignkit.ot.sinkhorn import multi_marginal_sinkhorn
+
+# The module itself: ``alignkit.ot.sinkhorn`` as an attribute is the function of that name.
+sinkhorn_module = importlib.import_module("alignkit.ot.sinkhorn")
 
 F64 = torch.float64
 
@@ -73,8 +77,10 @@ def test_guarded_log_domain_sinkhorn_equals_the_linear_iteration(scale: float) -
     assert result.n_iter == 50 and not result.converged
 
 
-def test_unrolled_sinkhorn_gradient_is_the_gradient_of_the_unrolled_loop() -> None:
+@pytest.mark.parametrize("tape_bytes", [2**26, 0])  # 0: the softmaxes are recomputed in the backward
+def test_unrolled_sinkhorn_gradient_is_the_gradient_of_the_unrolled_loop(tape_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # The written-out backward against autograd through the same iteration, written plainly.
+    monkeypatch.setattr(sinkhorn_module, "SOFTMAX_TAPE_BYTES", tape_bytes)
     g = _rng(3)
     cost = (torch.rand(4, 5, 3, generator=g, dtype=F64) * 3).requires_grad_()
     marginals = [torch.softmax(torch.randn(n, generator=g, dtype=F64), 0).requires_grad_() for n in (4, 5, 3)]
