@@ -26,9 +26,10 @@ Gradients: ``grad="envelope"`` (default) runs the iterations without autograd an
 (the envelope theorem applied to the regularised objective, as in geomloss); memory stays that of
 one cost tensor. ``grad="unrolled"`` back-propagates through every iteration: the exact gradient
 of the iterate after the sweeps done, whether or not they converged. Its backward pass is written
-out (:class:`_UnrolledSinkhorn`): it replays the updates in reverse from the potentials the
-forward pass kept (``M`` vectors per sweep), in a few operations per update instead of the
-dozens autograd records, which matters because the loop is bound by per-operation overhead.
+out (:class:`_UnrolledSinkhorn`): it replays the updates in reverse from what the forward pass
+kept of each (its softmax, or for large problems only its potential), in a few operations per
+update instead of the dozens autograd records, which matters because the loop is bound by
+per-operation overhead.
 """
 
 from __future__ import annotations
