@@ -93,10 +93,25 @@ def test_median_bandwidth_subsamples_large_inputs_evenly() -> None:
     assert math.isclose(float(median_bandwidth(x, y)), expected, rel_tol=1e-12)
 
 
-def test_multimodal_mmd_is_the_mean_over_pairs() -> None:
-    feats = [_samples(20, 1, 3, seed=s)[0] + s for s in range(4)]
-    expected = sum(gaussian_mmd(a, b, 1.5) for a, b in itertools.combinations(feats, 2)) / 6
-    assert torch.allclose(multimodal_mmd(feats, 1.5), expected, rtol=1e-12)
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+@pytest.mark.parametrize("sigma", [1.5, [0.5, 2.0]])
+@pytest.mark.parametrize("sizes", [(20, 20, 20, 20), (5, 9, 2)])
+def test_multimodal_mmd_is_the_mean_over_pairs(estimator: str, sigma: float | list[float], sizes: tuple[int, ...]) -> None:
+    # Three or more small sets take one pooled kernel matrix; the pairs' own sums are the oracle.
+    feats = [(_samples(n, 1, 3, seed=s)[0] + 0.3 * s).requires_grad_() for s, n in enumerate(sizes)]
+    pairs = list(itertools.combinations(feats, 2))
+    expected = sum(gaussian_mmd(a, b, sigma, estimator=estimator) for a, b in pairs) / len(pairs)
+    got = multimodal_mmd(feats, sigma, estimator=estimator)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+    for g, e in zip(torch.autograd.grad(got, feats), torch.autograd.grad(expected, feats)):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-15)
+
+
+def test_pooled_multimodal_mmd_is_translation_invariant_far_from_the_origin_in_float32() -> None:
+    feats = [_samples(30, 1, 8, seed=s)[0].float() for s in range(3)]
+    near = multimodal_mmd(feats, 2.0)
+    far = multimodal_mmd([f + 1e3 for f in feats], 2.0)
+    assert torch.allclose(near, far, rtol=1e-4, atol=1e-6)
 
 
 def test_multimodal_mmd_with_two_modalities_equals_gaussian_mmd() -> None:
