@@ -11,7 +11,9 @@ the unbiased form (a U-statistic) can be slightly negative. A sequence of bandwi
 kernels; ``sigma="median"`` uses the median pairwise distance of the pooled samples.
 
 The three kernel sums are the only part whose cost grows as ``N x M``; they go through the
-backend chosen by :func:`alignkit.kernels.dispatch.kernel_sum`.
+backend chosen by :func:`alignkit.kernels.dispatch.kernel_sum`. :func:`multimodal_mmd` of three or
+more sample sets small enough for that backend to be ``dense`` on all of them pooled computes one
+kernel matrix of the pooled samples instead, whose blocks are every pair's sums.
 """
 
 from __future__ import annotations
