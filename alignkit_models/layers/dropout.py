@@ -59,7 +59,8 @@ def bernoulli_positions(count: int, rate: float, device: torch.device, batch: in
     while int(positions[-1]) < count:  # the gaps fell short of the end: draw more
         more = torch.empty(batch, dtype=torch.int64, device=device).geometric_(rate).cumsum_(0).add_(positions[-1])
         positions = torch.cat([positions, more])
-    return positions[positions < count]
+    # Ascending, so the ones in range are a prefix: a view, without a pass over a boolean mask.
+    return positions[: int(torch.searchsorted(positions, count))]
 
 
 class FastDropout(nn.Module):
