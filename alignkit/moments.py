@@ -17,7 +17,6 @@ sample has zero covariance (the divisor is ``max(N - 1, 1)``).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -46,33 +45,34 @@ class FeatureMoments(NamedTuple):
 
 
 def skewness(x: Tensor) -> Tensor:
-    """Per-dimension skewness ``m3 / m2^{3/2}`` of ``x (N, d)`` -> ``(d,)``.
+    """Per-dimension skewness ``m3 / m2^{3/2}`` of ``x (..., N, d)`` -> ``(..., d)``.
 
     A dimension whose spread is at the level of round-off (standard deviation below
     ``10 eps max|x|``) has no defined skewness; it is 0 there, with a finite (zero) gradient.
     """
-    centered = x - x.mean(0)
-    m2 = centered.pow(2).mean(0)
-    m3 = centered.pow(3).mean(0)
-    noise_level = (10.0 * torch.finfo(x.dtype).eps * x.detach().abs().amax(0)).pow(2)
+    centered = x - x.mean(-2, keepdim=True)
+    m2 = centered.pow(2).mean(-2)
+    m3 = centered.pow(3).mean(-2)
+    noise_level = (10.0 * torch.finfo(x.dtype).eps * x.detach().abs().amax(-2)).pow(2)
     defined = m2 > noise_level
     safe_m2 = torch.where(defined, m2, torch.ones_like(m2))
     return torch.where(defined, m3 / safe_m2.pow(1.5), torch.zeros_like(m3))
 
 
 def floored_skewness(x: Tensor, variance_floor: float) -> Tensor:
-    """Per-dimension ``m3 / max(m2, variance_floor)^{3/2}`` of ``x (N, d)`` -> ``(d,)``."""
-    centered = x - x.mean(0)
-    return centered.pow(3).mean(0) / centered.pow(2).mean(0).clamp_min(variance_floor).pow(1.5)
+    """Per-dimension ``m3 / max(m2, variance_floor)^{3/2}`` of ``x (..., N, d)`` -> ``(..., d)``."""
+    centered = x - x.mean(-2, keepdim=True)
+    return centered.pow(3).mean(-2) / centered.pow(2).mean(-2).clamp_min(variance_floor).pow(1.5)
 
 
 def _moments(x: Tensor, need_covariance: bool, need_skewness: bool, variance_floor: float | None = None) -> FeatureMoments:
-    mean = x.mean(0)
-    covariance = x.new_zeros(())
+    """The moments of ``x (..., N, d)``; a moment not needed is a 0 of shape ``x.shape[:-2]``."""
+    mean = x.mean(-2)
+    covariance = x.new_zeros(x.shape[:-2])
     if need_covariance:
-        centered = x - mean
-        covariance = centered.mT @ centered / max(x.shape[0] - 1, 1)
-    skew = x.new_zeros(())
+        centered = x - mean.unsqueeze(-2)
+        covariance = centered.mT @ centered / max(x.shape[-2] - 1, 1)
+    skew = x.new_zeros(x.shape[:-2])
     if need_skewness:
         skew = skewness(x) if variance_floor is None else floored_skewness(x, variance_floor)
     return FeatureMoments(mean, covariance, skew)
@@ -123,17 +123,19 @@ def moment_matching_loss(
     check_feature_widths(named)
 
     dtype = compute_dtype(features[0].dtype)
-    moments = [
-        _moments(f.to(dtype), covariance_weight > 0, skewness_weight > 0, skewness_variance_floor) for f in features
-    ]
-    distance = (lambda t: t.pow(2).mean()) if reduction == "mean" else (lambda t: t.pow(2).sum())
-    total = moments[0].mean.new_zeros(())
-    for a, b in itertools.combinations(moments, 2):
-        if mean_weight > 0:
-            total = total + mean_weight * distance(a.mean - b.mean)
-        if covariance_weight > 0:
-            total = total + covariance_weight * distance(a.covariance - b.covariance)
-        if skewness_weight > 0:
-            total = total + skewness_weight * distance(a.skewness - b.skewness)
+    options = (covariance_weight > 0, skewness_weight > 0, skewness_variance_floor)
+    # Every modality's moments at once, (M, ...), and every pair's differences at once: for
+    # DecAlign's small sets the loss is bound by per-operation overhead, not arithmetic.
+    if len({f.shape for f in features}) == 1:
+        moments = _moments(torch.stack([f.to(dtype) for f in features]), *options)
+    else:
+        moments = FeatureMoments(*(torch.stack(parts) for parts in zip(*(_moments(f.to(dtype), *options) for f in features))))
     n = len(features)
+    first, second = torch.triu_indices(n, n, 1, device=moments.mean.device)  # the pairs i < j
+    total = moments.mean.new_zeros(())
+    for weight, values in ((mean_weight, moments.mean), (covariance_weight, moments.covariance), (skewness_weight, moments.skewness)):
+        if weight > 0:
+            squares = (values[first] - values[second]).pow(2)  # (pairs, ...)
+            # "mean": each pair's mean squared error, summed over the pairs; "sum": squared norms.
+            total = total + weight * (squares.mean() * first.numel() if reduction == "mean" else squares.sum())
     return total / (n * (n - 1) / 2 if reduction == "mean" else n * (n - 1))

@@ -32,14 +32,15 @@ def test_skewness_equals_scipy_biased_skew() -> None:
     assert np.allclose(feature_moments(x).skewness.numpy(), skew(x.numpy(), axis=0, bias=True), rtol=1e-10)
 
 
-def test_loss_is_the_paper_formula_with_numpy_scipy_moments() -> None:
-    feats = [_features(30 + 5 * i, 3, i) for i in range(3)]
+@pytest.mark.parametrize("sizes", [(30, 35, 40), (30, 30, 30, 30)])  # equal sizes: moments of all modalities at once
+def test_loss_is_the_paper_formula_with_numpy_scipy_moments(sizes: tuple[int, ...]) -> None:
+    feats = [_features(n, 3, i) for i, n in enumerate(sizes)]
     expected = 0.0
     for a, b in itertools.combinations([f.numpy() for f in feats], 2):
         expected += np.sum((a.mean(0) - b.mean(0)) ** 2)
         expected += np.sum((np.cov(a, rowvar=False) - np.cov(b, rowvar=False)) ** 2)
         expected += np.sum((skew(a, bias=True) - skew(b, bias=True)) ** 2)
-    expected /= 3 * 2  # 1 / (M (M - 1))
+    expected /= len(sizes) * (len(sizes) - 1)  # 1 / (M (M - 1))
     assert np.isclose(float(moment_matching_loss(feats)), expected, rtol=1e-10)
 
 
