@@ -51,20 +51,22 @@ def pair_plan(plan: Tensor, i: int, j: int) -> Tensor:
 
 
 def weighted_squared_distance(features: Tensor, responsibilities: Tensor, targets: Tensor, backend: str = "dense") -> Tensor:
-    """``1/N sum_n sum_k w_nk ||x_n - t_k||^2`` for ``x (N, d)``, ``w (N, K)``, ``t (K, d)``;
-    ``backend`` is a resolved name (``"dense"``, ``"blocked"`` or ``"keops"``)."""
+    """``1/N sum_n sum_k w_nk ||x_n - t_k||^2`` for ``x (..., N, d)``, ``w (..., N, K)``, ``t (..., K, d)``
+    (leading dimensions broadcast; KeOps: none) -> ``(...)``; ``backend`` is a resolved name
+    (``"dense"``, ``"blocked"`` or ``"keops"``)."""
     # Centering by the sample mean does not change any distance and limits cancellation.
-    center = features.mean(0).detach()
+    center = features.mean(-2, keepdim=True).detach()
     x, t = features - center, targets - center
+    n_samples = features.shape[-2]
     if backend == "keops":
-        return keops.weighted_squared_distance(x, responsibilities, t) / features.shape[0]
-    mass = responsibilities.sum(0)  # (K,)
+        return keops.weighted_squared_distance(x, responsibilities, t) / n_samples
+    mass = responsibilities.sum(-2)  # (..., K)
     total = (
-        ((x * x).sum(-1) * responsibilities.sum(-1)).sum()
-        - 2.0 * (responsibilities * (x @ t.mT)).sum()
-        + (mass * (t * t).sum(-1)).sum()
+        ((x * x).sum(-1) * responsibilities.sum(-1)).sum(-1)
+        - 2.0 * (responsibilities * (x @ t.mT)).sum((-2, -1))
+        + (mass * (t * t).sum(-1)).sum(-1)
     )
-    return total.clamp_min(0.0) / features.shape[0]
+    return total.clamp_min(0.0) / n_samples
 
 
 @full_precision
@@ -138,6 +140,15 @@ def prototype_calibration_loss(
     means = [mu.to(dtype) for mu in means]
     plan = plan.to(dtype) if plan is not None else None
 
+    if plan is None and backend != "keops" and len({(f.shape, r.shape) for f, r in zip(features, responsibilities)}) == 1:
+        # Every ordered pair at once: values[i, j] matches modality i's samples to modality j's
+        # prototypes (the loop below costs more in per-operation overhead than in arithmetic).
+        targets = torch.stack(means).unsqueeze(0)  # (1, M, K, d): targets[i, j] = means[j]
+        values = weighted_squared_distance(torch.stack(features).unsqueeze(1), torch.stack(responsibilities).unsqueeze(1), targets)
+        off_diagonal = ~torch.eye(n_modalities, dtype=torch.bool, device=values.device)
+        total = (values * off_diagonal).sum()
+        width = features[0].shape[1] if reduction == "mean" else 1
+        return total / (n_modalities * (n_modalities - 1) * width)
     total = features[0].new_zeros(())
     for i in range(n_modalities):
         for j in range(n_modalities):

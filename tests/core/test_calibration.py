@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignkit.functional import multi_marginal_sinkhorn, prototype_calibration_loss
@@ -29,11 +30,15 @@ def _setup(sizes=(3, 3, 3), n=(7, 5, 6), d=4, seed=0):
     return features, responsibilities, means
 
 
-def test_index_matching_equals_the_papers_double_sum() -> None:
-    features, responsibilities, means = _setup()
+@pytest.mark.parametrize("n", [(7, 5, 6), (6, 6, 6)])  # equal counts: every pair in one batched pass
+def test_index_matching_equals_the_papers_double_sum(n: tuple[int, ...]) -> None:
+    features, responsibilities, means = _setup(n=n)
+    inputs = [t.requires_grad_() for t in (*features, *responsibilities, *means)]
     expected = _brute_force(features, responsibilities, lambda i, j: means[j])
     value = prototype_calibration_loss(features, responsibilities, means, matching="index")
     assert torch.allclose(value, expected, rtol=1e-12)
+    for got, want in zip(torch.autograd.grad(value, inputs), torch.autograd.grad(expected, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
 
 
 def test_plan_matching_uses_barycentric_projection_of_the_pair_marginal() -> None:
