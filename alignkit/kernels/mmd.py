@@ -186,13 +186,13 @@ def _pooled_mmd(features: Sequence[Tensor], sigma: float | Sequence[float], esti
     pooled = torch.cat([f.to(dtype) for f in features])
     pooled = pooled - pooled.mean(0).detach()
     scales = 1.0 / (2.0 * _bandwidths(sigma, pooled, pooled) ** 2)
-    distances = squared_distances(pooled, pooled)
+    off_diagonal = ~torch.eye(pooled.shape[0], dtype=torch.bool, device=pooled.device)
     # Exactly 0 on the diagonal (a sample against itself), as the dense backend's same=True.
-    distances = distances * ~torch.eye(distances.shape[0], dtype=torch.bool, device=distances.device)
+    distances = squared_distances(pooled, pooled) * off_diagonal
     kernel = sum(torch.exp(-distances * scale) for scale in scales.unbind())
     sizes = [f.shape[0] for f in features]
     if estimator == "unbiased":  # k(x_i, x_i) = 1 for every bandwidth: drop the diagonal exactly
-        kernel = kernel * ~torch.eye(kernel.shape[0], dtype=torch.bool, device=kernel.device)
+        kernel = kernel * off_diagonal
         divisors = [n * (n - 1) for n in sizes]
     else:
         divisors = [n * n for n in sizes]
@@ -201,5 +201,6 @@ def _pooled_mmd(features: Sequence[Tensor], sigma: float | Sequence[float], esti
     means = weights @ kernel @ weights.T  # A_ij for i != j; A_ii * n_i^2 / divisor_i on the diagonal
     within = torch.stack([means[i, i] * (n * n / divisor) for i, (n, divisor) in enumerate(zip(sizes, divisors))])
     n_modalities = len(features)
-    between = means.sum() - means.diagonal().sum()
-    return (n_modalities * within.sum() - within.sum() - between) / (n_modalities * (n_modalities - 1) / 2)
+    between = (means * ~torch.eye(n_modalities, dtype=torch.bool, device=means.device)).sum()
+    # M trace(A) - sum(A), with trace(A) = within.sum() and sum(A) = within.sum() + between.
+    return ((n_modalities - 1) * within.sum() - between) / (n_modalities * (n_modalities - 1) / 2)

@@ -145,21 +145,19 @@ def prototype_calibration_loss(
         # prototypes (the loop below costs more in per-operation overhead than in arithmetic).
         targets = torch.stack(means).unsqueeze(0)  # (1, M, K, d): targets[i, j] = means[j]
         values = weighted_squared_distance(torch.stack(features).unsqueeze(1), torch.stack(responsibilities).unsqueeze(1), targets)
-        off_diagonal = ~torch.eye(n_modalities, dtype=torch.bool, device=values.device)
-        total = (values * off_diagonal).sum()
-        width = features[0].shape[1] if reduction == "mean" else 1
-        return total / (n_modalities * (n_modalities - 1) * width)
-    total = features[0].new_zeros(())
-    for i in range(n_modalities):
-        for j in range(n_modalities):
-            if i == j:
-                continue
-            if plan is None:
-                targets = means[j]
-            else:
-                coupling = pair_plan(plan, i, j)
-                row_mass = coupling.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-                targets = (coupling / row_mass) @ means[j]
-            total = total + weighted_squared_distance(features[i], responsibilities[i], targets, backend)
+        total = (values * ~torch.eye(n_modalities, dtype=torch.bool, device=values.device)).sum()
+    else:
+        total = features[0].new_zeros(())
+        for i in range(n_modalities):
+            for j in range(n_modalities):
+                if i == j:
+                    continue
+                if plan is None:
+                    targets = means[j]
+                else:
+                    coupling = pair_plan(plan, i, j)
+                    row_mass = coupling.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+                    targets = (coupling / row_mass) @ means[j]
+                total = total + weighted_squared_distance(features[i], responsibilities[i], targets, backend)
     width = features[0].shape[1] if reduction == "mean" else 1
     return total / (n_modalities * (n_modalities - 1) * width)
