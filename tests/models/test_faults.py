@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "model_options.dim=8", "--set", "model_options.n_heads=2", "--set", "model_options.n_components=2", "--set", "protocol.early_stopping_patience=10"]
 
 
-def _train_args(output: Path, name: str, epochs: int = 4) -> list[str]:
+def _train_args(output: Path, name: str, epochs: int = 3) -> list[str]:
     return ["train", "--model", "decalign", "--dataset", "uci-mfeat", "--seeds", "7", "--epochs", str(epochs),
             "--output-dir", str(output), "--run-name", name, "--no-progress", *SMALL]
 
