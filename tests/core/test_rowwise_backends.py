@@ -169,8 +169,8 @@ def _calibration(backend: str, dtype: torch.dtype, gradients: bool, counts: tupl
 )
 def test_calibration_backends_equal_dense(backend: str, dtype: torch.dtype, rtol: float) -> None:
     # KeOps compiles a formula set (~12 s a formula on a 2-core CPU) for each count, dtype and
-    # gradient: it gets one count, and float32 the value only. The blocked path, compiled by
-    # nobody, also gets unequal counts.
+    # gradient: it gets one count, and float32 the value only. The blocked path compiles nothing
+    # and also gets unequal counts.
     gradients = dtype == torch.float64
     counts = (3, 2, 3) if backend == "blocked" else (3, 3, 3)
     reference = _calibration("dense", dtype, gradients, counts)
