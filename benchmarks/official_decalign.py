@@ -14,17 +14,24 @@ give the path of a checkout of it (it needs ``transformers`` importable)::
 differences of the logits, of ``dec_loss``, ``hete_loss``, ``homo_loss`` (evaluation mode) and of
 the gradients of ``dec + hete + homo`` (training mode, dropout 0), in float32 and float64; then the
 same with a tiny random BERT text encoder on token ids. ``fixture`` stores a small configuration's
-weights, inputs and the authors' outputs (and its weights after three steps of their trainer) for
+weights, inputs and the authors' outputs (its weights after three steps of their trainer, and the
+initial weights their constructor draws after a seed) for
 ``tests/models/test_decalign_official.py``, which then needs no copy of their code. ``train-official`` runs their MOSI training (their data loader,
 trainer, configuration; ``use_bert=False`` so the float text features are used; on the CPU) and
 ``train-ours`` alignkit's default DecAlign with the MOSI preset on the same file; each prints one
 JSON line: training and validation seconds per epoch, peak resident memory, test metrics. Run
-them one after the other on an otherwise idle machine.
+them one after the other on an otherwise idle machine. ``paired`` runs their training and ours
+with every dropout 0, ours from their initial weights and on their batches in their order, and
+prints both runs' validation loss per epoch and test metrics: what is left between them is
+rounding (``--float64`` shrinks it)::
+
+    python benchmarks/official_decalign.py paired --official /path/to/DecAlign --data mosi.pkl --epochs 10 [--float64]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -53,6 +60,7 @@ SMALL = {
     "conv1d_kernel_size_v": 1,
     "pde_dim": 12,
 }
+INIT_SEED = 3
 
 
 def official_args(official: Path, overrides: dict[str, Any]) -> Any:
@@ -223,14 +231,21 @@ def fixture(official: Path, out: Path) -> None:
     payload["train_order"] = [1, 0, 1]
     steps = [(batches[i], payload["train_labels"][i]) for i in payload["train_order"]]
     payload["trained_float64"] = official_training_steps(official, {**SMALL, **dict.fromkeys(DROPOUTS, 0.0)}, state, steps)
+    # Their initial weights at a seed, with every modality projected (a width-20 vision stream):
+    # alignkit's DecAlign creates its layers in their order and draws the same weights.
+    torch.manual_seed(INIT_SEED)
+    payload["seeded_init"] = {"seed": INIT_SEED, "state_dict": official_model(official, {**SMALL, "feature_dims": [24, 5, 20]}).state_dict()}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 
-def train_official(official: Path, data: Path, epochs: int, seed: int, workers: int) -> dict[str, Any]:
+def train_official(official: Path, data: Path, epochs: int, seed: int, workers: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Their MOSI training run (their ``main._run``: data loader, trainer, best checkpoint, test) on
-    the CPU, timed. Their code calls ``model.cuda()``; that call is made a no-op here."""
+    the CPU, timed, with their configuration changed by ``overrides``. Besides the timings and test
+    metrics, the result holds their initial weights (``initial_state``), each epoch's training
+    batches as dataset indices (``batch_order``) and validation results (``valid``). Their code
+    calls ``model.cuda()``; that call is made a no-op here."""
     import importlib.util
     import os
     import types
@@ -260,6 +275,7 @@ def train_official(official: Path, data: Path, epochs: int, seed: int, workers: 
     finally:
         os.chdir(cwd)
     epochs_seconds: list[float] = []
+    batch_order: list[list[list[int]]] = []
     original_loader = their_main.MMDataLoader
 
     class TimedEpochs:
@@ -271,7 +287,10 @@ def train_official(official: Path, data: Path, epochs: int, seed: int, workers: 
 
         def __iter__(self):
             started = time.perf_counter()
-            yield from self.loader
+            batch_order.append([])
+            for batch in self.loader:
+                batch_order[-1].append(batch["index"].tolist())
+                yield batch
             epochs_seconds.append(time.perf_counter() - started)
 
     def loaders(args: Any, num_workers: int = 4) -> dict[str, Any]:
@@ -281,6 +300,7 @@ def train_official(official: Path, data: Path, epochs: int, seed: int, workers: 
 
     their_main.MMDataLoader = loaders
     valid_seconds: list[float] = []
+    valid: list[dict[str, float]] = []
     original_test = DecAlignTrainer.do_test
 
     def timed_test(self: Any, model: Any, loader: Any, mode: str = "VAL") -> dict[str, Any]:
@@ -288,32 +308,102 @@ def train_official(official: Path, data: Path, epochs: int, seed: int, workers: 
         result = original_test(self, model, loader, mode)
         if mode == "VAL":
             valid_seconds.append(time.perf_counter() - started)
+            valid.append({k: float(v) for k, v in result.items()})
         return result
 
     DecAlignTrainer.do_test = timed_test
+    initial_state: dict[str, torch.Tensor] = {}
+    original_train = DecAlignTrainer.do_train
+
+    def recorded_train(self: Any, model: Any, dataloader: Any, return_epoch_results: bool = False) -> Any:
+        initial_state.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original_train(self, model, dataloader, return_epoch_results)
+
+    DecAlignTrainer.do_train = recorded_train
     args = get_config_regression("decalign", "mosi", official / "config" / "dec_mosi_config.json")
     with tempfile.TemporaryDirectory() as folder:
         for key, value in {"featurePath": str(data), "use_bert": False, "num_epochs": epochs, "is_distill": False, "mode": "train",
-                           "model_save_path": f"{folder}/decalign-mosi.pth", "feature_T": "", "feature_A": "", "feature_V": "", "cur_seed": 1}.items():
+                           "model_save_path": f"{folder}/decalign-mosi.pth", "feature_T": "", "feature_A": "", "feature_V": "", "cur_seed": 1,
+                           **(overrides or {})}.items():
             setattr(args, key, value)
         setup_seed(seed)
         test = their_main._run(args, workers, False)
-    return {"epoch_train_seconds": epochs_seconds, "epoch_valid_seconds": valid_seconds, "test": {k: float(v) for k, v in test.items()}}
+    return {"epoch_train_seconds": epochs_seconds, "epoch_valid_seconds": valid_seconds, "test": {k: float(v) for k, v in test.items()},
+            "valid": valid, "initial_state": initial_state, "batch_order": batch_order}
 
 
-def train_ours(data: Path, epochs: int, seed: int) -> dict[str, Any]:
-    """alignkit's default DecAlign on the same file with the MOSI preset (the authors' configuration)."""
+def train_ours(data: Path, epochs: int, seed: int, model_options: dict[str, Any] | None = None, *,
+               initial_state: dict[str, torch.Tensor] | None = None, batch_order: list[list[list[int]]] | None = None) -> dict[str, Any]:
+    """alignkit's default DecAlign on the same file with the MOSI preset (the authors'
+    configuration), its model options updated with ``model_options``. For a paired run,
+    ``initial_state`` (their ``state_dict``) replaces the initial weights and ``batch_order`` (per
+    epoch, the training batches as dataset indices) the shuffled batches; floating-point inputs are
+    cast to torch's default dtype."""
+    from unittest import mock
+
+    from alignkit_models.training import trainer
     from alignkit_models.training.config import build_config
-    from alignkit_models.training.trainer import run_experiment
 
-    with tempfile.TemporaryDirectory() as folder:
+    def build_model(config: Any, dataset: Any) -> Any:
+        model = original_build(config, dataset)
+        model.load_state_dict(convert_state_dict(initial_state, model))
+        return model
+
+    class GivenOrder:
+        """Stands in for the trainer's batch sampler: epoch ``e`` yields ``batch_order[e]``."""
+
+        epoch = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __len__(self) -> int:
+            return len(batch_order[0])
+
+        def __iter__(self):
+            # A generator, so the epoch advances when batches are drawn: the data loader calls
+            # iter() on its sampler twice per epoch.
+            GivenOrder.epoch += 1
+            yield from batch_order[GivenOrder.epoch - 1]
+
+    def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        batch = original_to_device(batch, device)
+        cast = lambda x: x.to(torch.get_default_dtype()) if x.is_floating_point() else x  # noqa: E731
+        return {"features": {m: cast(x) for m, x in batch["features"].items()}, "masks": batch["masks"], "labels": cast(batch["labels"])}
+
+    original_build, original_to_device = trainer.build_model, trainer.to_device
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as patches:
+        if initial_state is not None:
+            patches.enter_context(mock.patch.object(trainer, "build_model", build_model))
+        if batch_order is not None:
+            patches.enter_context(mock.patch.object(trainer, "GlobalBatchSampler", GivenOrder))
+        if torch.get_default_dtype() != torch.float32:
+            patches.enter_context(mock.patch.object(trainer, "to_device", to_device))
         config = build_config("decalign", "mosi", data=str(data), seeds=[seed], max_epochs=epochs, output_dir=folder, progress=False)
-        summary = run_experiment(config)
+        config.model_options.update(model_options or {})
+        summary = trainer.run_experiment(config)
         history = json.loads((Path(summary["run_dir"]) / f"seed-{seed}" / "history.json").read_text())
     return {
         "epoch_train_seconds": [r["train_seconds"] for r in history],
         "epoch_valid_seconds": [r["valid_seconds"] for r in history],
         "test": {k: v["mean"] for k, v in summary["test"].items()},
+        "valid": [r["valid"] for r in history],
+    }
+
+
+def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool) -> dict[str, Any]:
+    """Their training and ours with every dropout 0, ours started from their initial weights and
+    fed their batches in their order: the runs differ only by rounding (float32, or float64 with
+    ``float64``). Returns both runs' validation task loss per epoch and test metrics."""
+    if float64:
+        torch.set_default_dtype(torch.float64)  # their model, data and ours are then float64
+    theirs = train_official(official, data, epochs, seed, 0, dict.fromkeys(DROPOUTS, 0.0))
+    no_dropout = {"attn_dropout": 0.0, "relu_dropout": 0.0, "embed_dropout": 0.0, "res_dropout": 0.0, "output_dropout": 0.0, "input_dropout": 0.0}
+    mine = train_ours(data, epochs, seed, no_dropout, initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
+    return {
+        "dtype": str(torch.get_default_dtype()),
+        "valid_loss": {"theirs": [r["MOSI"] for r in theirs["valid"]], "ours": [r["loss"] for r in mine["valid"]]},
+        "test": {"theirs": theirs["test"], "ours": mine["test"]},
     }
 
 
@@ -332,27 +422,32 @@ def _commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["check", "fixture", "train-official", "train-ours"])
+    parser.add_argument("command", choices=["check", "fixture", "train-official", "train-ours", "paired"])
     parser.add_argument("--official", type=Path, help="checkout of taco-group/DecAlign (commit 6fa8df9)")
     parser.add_argument("--out", type=Path, default=FIXTURE, help="fixture file (fixture command)")
     parser.add_argument("--data", type=Path, help="MOSI-format MMSA pickle (train-* commands)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1111)
     parser.add_argument("--workers", type=int, default=4, help="their data loader's worker processes (their default 4)")
+    parser.add_argument("--float64", action="store_true", help="paired command: both runs in float64")
     args = parser.parse_args()
     if args.command != "train-ours" and (args.official is None or not (args.official / "models" / "model.py").is_file()):
         parser.error(f"--official: no models/model.py under {args.official}")
-    if args.command.startswith("train") and (args.data is None or not args.data.is_file()):
+    if args.command.startswith(("train", "paired")) and (args.data is None or not args.data.is_file()):
         parser.error("--data: an MMSA pickle is needed")
     if args.command == "check":
         check(args.official)
     elif args.command == "fixture":
         fixture(args.official, args.out)
+    elif args.command == "paired":
+        print(json.dumps({"command": "paired", "epochs": args.epochs, "seed": args.seed, "alignkit_commit": _commit(),
+                          **paired(args.official, args.data.resolve(), args.epochs, args.seed, args.float64)}))
     else:
         import resource
 
         torch.manual_seed(args.seed)
         run = train_official(args.official, args.data.resolve(), args.epochs, args.seed, args.workers) if args.command == "train-official" else train_ours(args.data.resolve(), args.epochs, args.seed)
+        run = {k: v for k, v in run.items() if k not in ("initial_state", "batch_order", "valid")}
         usage = {who: resource.getrusage(getattr(resource, who)).ru_maxrss / 1024 for who in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
         print(json.dumps({"command": args.command, "epochs": args.epochs, "seed": args.seed, "threads": torch.get_num_threads(),
                           "torch": torch.__version__, "alignkit_commit": _commit(), "peak_rss_mib": usage["RUSAGE_SELF"], "children_peak_rss_mib": usage["RUSAGE_CHILDREN"], **run}))

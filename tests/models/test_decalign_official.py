@@ -7,7 +7,9 @@ weights, two random batches (5 samples, fewer than K, and 12) and what their cod
 for them: evaluation-mode outputs in float64 and float32, training-mode gradients of
 ``dec_loss + hete_loss + homo_loss`` with dropout 0 in float64, and the weights after three steps
 of their trainer (task, alignment and contrastive losses, gradient clipping, Adam with weight
-decay; dropout 0, float64) on labelled batches. It was written by
+decay; dropout 0, float64) on labelled batches; and the initial weights their constructor drew
+after ``torch.manual_seed(3)`` with the vision stream widened to 20 (every modality projected). It
+was written by
 ``python benchmarks/official_decalign.py fixture --official <checkout>``; the same script's
 ``check`` command repeats the comparison at the MOSI configuration and with a BERT text encoder.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit_models.models.decalign import from_official_state_dict
+from alignkit_models.models.decalign import DecAlign, from_official_state_dict
 from alignkit_models.models.decalign.official import convert_state_dict, infer_options
 
 FIXTURE = torch.load(Path(__file__).parents[1] / "data" / "decalign_official.pt", weights_only=True)
@@ -86,6 +88,18 @@ def test_three_training_steps_follow_the_official_trainer() -> None:
             # weight decay or loss term changes that by far more than this tolerance.
             moved = float((expected[name] - start[name]).abs().max())
             torch.testing.assert_close(value, expected[name].reshape(value.shape), rtol=0, atol=1e-6 * max(moved, 1e-12), msg=name)
+
+
+def test_a_seed_draws_the_official_initial_weights() -> None:
+    """With every modality projected, ``torch.manual_seed(s)`` then our constructor gives the
+    weights their constructor drew after the same seed (layers created in their order)."""
+    state = FIXTURE["seeded_init"]["state_dict"]
+    torch.manual_seed(FIXTURE["seeded_init"]["seed"])
+    model = DecAlign(**infer_options(state), **HEADS)
+    expected = convert_state_dict(state, model)
+    assert expected.keys() == {name for name, _ in model.named_parameters()}
+    for name, value in model.named_parameters():
+        assert torch.equal(value.detach(), expected[name].reshape(value.shape)), name
 
 
 def test_shapes_are_read_from_the_checkpoint() -> None:

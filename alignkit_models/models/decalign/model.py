@@ -241,15 +241,16 @@ class DecAlign(MultimodalModel):
         streams_per_target = len(modalities) - 1 if self.cross_modal_mode == "pairwise" and use_transformer else 1
         common_width = len(modalities) * dim if self.common_fusion == "concat" else dim
         self.fused_dim = len(modalities) * streams_per_target * dim + common_width
-        self.output_dropout = make_dropout(o["output_dropout"], fast)
-        self.head = nn.Linear(self.fused_dim, self.output_dim)
-
         distribution_dim = o["distribution_dim"] or dim
         self.distribution_encoders = nn.ModuleDict(
             {m: DistributionEncoder(dim, distribution_dim, o["output_dropout"], fast) for m in modalities}
             if o["distribution_encoder"]
             else {}
         )
+        # Layers are created in the authors' order (distribution encoders before the head), so
+        # that a seed draws their initial weights when every modality is projected.
+        self.output_dropout = make_dropout(o["output_dropout"], fast)
+        self.head = nn.Linear(self.fused_dim, self.output_dim)
         self.alignment = alignkit.DecAlignLoss(
             len(modalities),
             alpha=o["alpha"],
