@@ -22,8 +22,8 @@ trainer, configuration; ``use_bert=False`` so the float text features are used; 
 JSON line: training and validation seconds per epoch, peak resident memory, test metrics. Run
 them one after the other on an otherwise idle machine. ``paired`` runs their training and ours
 with every dropout 0, ours from their initial weights and on their batches in their order, and
-prints both runs' validation loss per epoch and test metrics: what is left between them is
-rounding (``--float64`` shrinks it)::
+prints both runs' validation loss per epoch, test metrics and per-step losses: what is left
+between them is rounding (``--float64`` shrinks it)::
 
     python benchmarks/official_decalign.py paired --official /path/to/DecAlign --data mosi.pkl --epochs 10 [--float64]
 """
@@ -394,16 +394,42 @@ def train_ours(data: Path, epochs: int, seed: int, model_options: dict[str, Any]
 def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool) -> dict[str, Any]:
     """Their training and ours with every dropout 0, ours started from their initial weights and
     fed their batches in their order: the runs differ only by rounding (float32, or float64 with
-    ``float64``). Returns both runs' validation task loss per epoch and test metrics."""
+    ``float64``). Returns both runs' validation task loss per epoch, test metrics and, per
+    training step, ``[sum of the predictions, dec, hete, homo]`` (unweighted losses)."""
+    from unittest import mock
+
+    from alignkit_models.models.decalign import DecAlign
+
     if float64:
         torch.set_default_dtype(torch.float64)  # their model, data and ours are then float64
-    theirs = train_official(official, data, epochs, seed, 0, dict.fromkeys(DROPOUTS, 0.0))
+    if str(official) not in sys.path:
+        sys.path.insert(0, str(official))
+    from models.model import DecAlign as TheirDecAlign  # their model
+
+    steps: dict[str, list[list[float]]] = {"theirs": [], "ours": []}
+
+    def their_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = their_forward.original(self, *args, **kwargs)
+        if self.training:
+            steps["theirs"].append([float(out["output_logit"].detach().sum()), *(float(out[k].detach()) for k in ("dec_loss", "hete_loss", "homo_loss"))])
+        return out
+
+    def our_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = our_forward.original(self, *args, **kwargs)
+        if self.training:
+            steps["ours"].append([float(out.prediction.detach().sum()), *(float(out.components[k]) for k in ("dec", "hete", "homo"))])
+        return out
+
+    their_forward.original, our_forward.original = TheirDecAlign.forward, DecAlign.forward
     no_dropout = {"attn_dropout": 0.0, "relu_dropout": 0.0, "embed_dropout": 0.0, "res_dropout": 0.0, "output_dropout": 0.0, "input_dropout": 0.0}
-    mine = train_ours(data, epochs, seed, no_dropout, initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
+    with mock.patch.object(TheirDecAlign, "forward", their_forward), mock.patch.object(DecAlign, "forward", our_forward):
+        theirs = train_official(official, data, epochs, seed, 0, dict.fromkeys(DROPOUTS, 0.0))
+        mine = train_ours(data, epochs, seed, no_dropout, initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
     return {
         "dtype": str(torch.get_default_dtype()),
         "valid_loss": {"theirs": [r["MOSI"] for r in theirs["valid"]], "ours": [r["loss"] for r in mine["valid"]]},
         "test": {"theirs": theirs["test"], "ours": mine["test"]},
+        "steps": steps,
     }
 
 
