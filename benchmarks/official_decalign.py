@@ -49,6 +49,7 @@ from alignkit_models.models.decalign.official import convert_state_dict
 MODALITIES = ("text", "audio", "vision")
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "decalign_official.pt"
 DROPOUTS = ("attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout", "embed_dropout", "res_dropout", "output_dropout", "text_dropout")
+OUR_DROPOUTS = ("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "output_dropout", "input_dropout")  # alignkit's names
 # The small configuration of the fixture: a kernel-3 projection, a modality already of width d
 # (the authors skip its projection), two layers, batches below and above K.
 SMALL = {
@@ -131,7 +132,7 @@ def ours(state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], dtype: 
     labels = torch.zeros(features["audio"].shape[0], dtype=dtype)
     with torch.no_grad():
         evaluated = model.eval()(features, None, labels)
-    zero = dict.fromkeys(("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "output_dropout", "input_dropout"), 0.0)
+    zero = dict.fromkeys(OUR_DROPOUTS, 0.0)
     trained = from_official_state_dict(state, **{**options, **zero, "alpha": 1.0, "beta": 1.0, "contrastive_weight": 0.0}).to(dtype).train()
     trained(features, None, None).aux_losses["alignment"].backward()
     return evaluated, trained
@@ -421,10 +422,9 @@ def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool) ->
         return out
 
     their_forward.original, our_forward.original = TheirDecAlign.forward, DecAlign.forward
-    no_dropout = {"attn_dropout": 0.0, "relu_dropout": 0.0, "embed_dropout": 0.0, "res_dropout": 0.0, "output_dropout": 0.0, "input_dropout": 0.0}
     with mock.patch.object(TheirDecAlign, "forward", their_forward), mock.patch.object(DecAlign, "forward", our_forward):
         theirs = train_official(official, data, epochs, seed, 0, dict.fromkeys(DROPOUTS, 0.0))
-        mine = train_ours(data, epochs, seed, no_dropout, initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
+        mine = train_ours(data, epochs, seed, dict.fromkeys(OUR_DROPOUTS, 0.0), initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
     return {
         "dtype": str(torch.get_default_dtype()),
         "valid_loss": {"theirs": [r["MOSI"] for r in theirs["valid"]], "ours": [r["loss"] for r in mine["valid"]]},
