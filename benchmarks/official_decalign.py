@@ -62,6 +62,10 @@ SMALL = {
     "pde_dim": 12,
 }
 INIT_SEED = 3
+# Every dropout on, each at its own rate, for the training-mode comparison of the fixture.
+DROPOUT_RATES = {"attn_dropout": 0.1, "attn_dropout_a": 0.2, "attn_dropout_v": 0.15, "relu_dropout": 0.1, "res_dropout": 0.05,
+                 "embed_dropout": 0.12, "output_dropout": 0.3, "text_dropout": 0.25}
+DROPOUT_SEED = 4
 
 
 def official_args(official: Path, overrides: dict[str, Any]) -> Any:
@@ -123,6 +127,23 @@ def official_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     out = model(*(batch[m].double() if batch[m].is_floating_point() else batch[m] for m in MODALITIES))
     (out["dec_loss"] + out["hete_loss"] + out["homo_loss"]).backward()
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def official_dropout_run(official: Path, state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Their training-mode forward with :data:`DROPOUT_RATES` after ``torch.manual_seed(DROPOUT_SEED)``,
+    float64: outputs, and gradients of the summed predictions plus ``dec + hete + homo``."""
+    model = official_model(official, {**SMALL, **DROPOUT_RATES})
+    model.load_state_dict(state)
+    model = model.double().train()
+    torch.manual_seed(DROPOUT_SEED)
+    out = model(*(batch[m].double() for m in MODALITIES))
+    (out["output_logit"].sum() + out["dec_loss"] + out["hete_loss"] + out["homo_loss"]).backward()
+    return {
+        "seed": DROPOUT_SEED,
+        "rates": DROPOUT_RATES,
+        **{key: out[key].detach().clone() for key in ("output_logit", "dec_loss", "hete_loss", "homo_loss")},
+        "grads": {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None},
+    }
 
 
 def ours(state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], dtype: torch.dtype, **options: Any):
@@ -236,6 +257,8 @@ def fixture(official: Path, out: Path) -> None:
     # alignkit's DecAlign creates its layers in their order and draws the same weights.
     torch.manual_seed(INIT_SEED)
     payload["seeded_init"] = {"seed": INIT_SEED, "state_dict": official_model(official, {**SMALL, "feature_dims": [24, 5, 20]}).state_dict()}
+    # Their training-mode outputs with every dropout on (alignkit's nn.Dropout path draws their masks).
+    payload["train_dropout"] = official_dropout_run(official, state, batches[1])
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")

@@ -86,6 +86,43 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
 
-def make_dropout(p: float, fast: bool = True) -> nn.Module:
-    """:class:`FastDropout` (``fast``) or ``nn.Dropout``: the same distribution, different draws."""
-    return FastDropout(p) if fast else nn.Dropout(p)
+class ReorderedDropout(nn.Dropout):
+    """``nn.Dropout(p)`` whose mask is drawn over ``x.permute(draw_order)``.
+
+    ``nn.Dropout`` fills its mask in the order of the input's memory. Code that stores a
+    sequence time-first ``(T, B, d)``, as MulT and the DecAlign authors' transformers do, draws
+    other masks than the same code batch-first from the same generator state; drawing over the
+    permuted shape and permuting back gives theirs (on a CPU, value for value). ``draw_order``:
+    the dimensions of ``x`` from the outermost of that memory order, e.g. ``(1, 0, 2)`` for a
+    time-first reference and batch-first ``x``.
+    """
+
+    def __init__(self, p: float, draw_order: tuple[int, ...]) -> None:
+        super().__init__(p)
+        if sorted(draw_order) != list(range(len(draw_order))):
+            raise ValueError(f"draw_order: expected a permutation of 0..{len(draw_order) - 1}, received {draw_order}")
+        self.draw_order = tuple(draw_order)
+        self.inverse = tuple(sorted(range(len(draw_order)), key=draw_order.__getitem__))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.dim() != len(self.draw_order):
+            raise ValueError(f"x: expected {len(self.draw_order)} dimensions, received shape {tuple(x.shape)}")
+        # F.dropout's own draws on ones are exactly its noise (0 or 1 / (1 - p)).
+        noise = F.dropout(x.new_ones([x.shape[d] for d in self.draw_order]), self.p)
+        return x * noise.permute(self.inverse)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, draw_order={self.draw_order}"
+
+
+def make_dropout(p: float, fast: bool = True, draw_order: tuple[int, ...] | None = None) -> nn.Module:
+    """:class:`FastDropout` (``fast``) or ``nn.Dropout``: the same distribution, different draws.
+
+    ``draw_order`` (only without ``fast``): draw ``nn.Dropout``'s mask in that order of the
+    input's dimensions (:class:`ReorderedDropout`), to reproduce a reference's masks.
+    """
+    if fast:
+        return FastDropout(p)
+    return nn.Dropout(p) if draw_order is None else ReorderedDropout(p, draw_order)

@@ -41,6 +41,13 @@ from torch import Tensor, nn
 from alignkit_models.layers.attention import attention
 from alignkit_models.layers.dropout import make_dropout
 
+# Where nn.Dropout draws its masks without fast_dropout: in the memory order of the authors' code,
+# whose transformers run time-first (T, B, d). Residual, feed-forward and source (key/value)
+# tensors are time-first there; the target enters as a permuted convolution output, (B, d, T)
+# in memory. In dimensions of our batch-first (B, T, d):
+TIME_FIRST = (1, 0, 2)
+CHANNELS_FIRST = (0, 2, 1)
+
 
 @functools.lru_cache(maxsize=64)
 def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> Tensor:
@@ -164,9 +171,9 @@ class _Layer(nn.Module):
         self.norm_attention = nn.LayerNorm(dim)
         self.norm_feedforward = nn.LayerNorm(dim)
         self.feedforward = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.ReLU(), make_dropout(relu_dropout, fast_dropout), nn.Linear(4 * dim, dim)
+            nn.Linear(dim, 4 * dim), nn.ReLU(), make_dropout(relu_dropout, fast_dropout, TIME_FIRST), nn.Linear(4 * dim, dim)
         )
-        self.res_dropout = make_dropout(res_dropout, fast_dropout)
+        self.res_dropout = make_dropout(res_dropout, fast_dropout, TIME_FIRST)
 
     def forward(self, x: Tensor, key: Tensor | None, value: Tensor | None, keep: Tensor | None) -> Tensor:
         if self.post_norm:
@@ -201,7 +208,9 @@ class CrossModalEncoder(nn.Module):
         feedforward_init: ``"xavier"`` (Xavier-uniform weights, zero biases: MulT) or ``"torch"``
             (``nn.Linear``'s default: the authors' DecAlign code).
         fast_dropout: :class:`~alignkit_models.layers.dropout.FastDropout` (byte-quantised
-            probability) for the residual, feed-forward and embedding dropouts, else ``nn.Dropout``.
+            probability) for the residual, feed-forward and embedding dropouts, else ``nn.Dropout``
+            with the masks the DecAlign authors' time-first code draws from the same generator
+            state (:data:`TIME_FIRST`, :data:`CHANNELS_FIRST`).
     """
 
     def __init__(
@@ -237,7 +246,8 @@ class CrossModalEncoder(nn.Module):
         self.layers = nn.ModuleList(
             _Layer(dim, n_heads, attn_dropout, relu_dropout, res_dropout, norm, fast_dropout) for _ in range(n_layers)
         )
-        self.embed_dropout = make_dropout(embed_dropout, fast_dropout)
+        self.embed_dropout = make_dropout(embed_dropout, fast_dropout, CHANNELS_FIRST)
+        self.source_embed_dropout = make_dropout(embed_dropout, fast_dropout, TIME_FIRST)
         self.norm = nn.LayerNorm(dim) if norm == "pre" else None
         self.future_mask = future_mask
         self.positions = positions
@@ -250,13 +260,13 @@ class CrossModalEncoder(nn.Module):
                         nn.init.xavier_uniform_(module.weight)
                         nn.init.zeros_(module.bias)
 
-    def _embed(self, x: Tensor) -> Tensor:
+    def _embed(self, x: Tensor, dropout: nn.Module) -> Tensor:
         scaled = math.sqrt(self.dim) * x
         if self.positions and self.position_table == "fairseq":
             scaled = scaled + fairseq_positions(x)
         elif self.positions:
             scaled = scaled + sinusoidal_positions(x.shape[1], self.dim, x.device)
-        return self.embed_dropout(scaled)
+        return dropout(scaled)
 
     def forward(
         self,
@@ -267,11 +277,11 @@ class CrossModalEncoder(nn.Module):
     ) -> Tensor:
         """``target (B, T_t, d)``, ``source (B, T_s, d)`` or None (self-attention), ``source_mask (B, T_s)``
         True on real steps (for self-attention: the target's own mask)."""
-        x = self._embed(target)
+        x = self._embed(target, self.embed_dropout)
         key = value = None
         if source is not None:
-            key = self._embed(source)
-            value = self._embed(source) if self.independent_key_value_dropout and self.training else key
+            key = self._embed(source, self.source_embed_dropout)
+            value = self._embed(source, self.source_embed_dropout) if self.independent_key_value_dropout and self.training else key
         keep = None
         if source_mask is not None:
             usable = source_mask.any(1, keepdim=True)

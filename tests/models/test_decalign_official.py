@@ -7,9 +7,10 @@ weights, two random batches (5 samples, fewer than K, and 12) and what their cod
 for them: evaluation-mode outputs in float64 and float32, training-mode gradients of
 ``dec_loss + hete_loss + homo_loss`` with dropout 0 in float64, and the weights after three steps
 of their trainer (task, alignment and contrastive losses, gradient clipping, Adam with weight
-decay; dropout 0, float64) on labelled batches; and the initial weights their constructor drew
-after ``torch.manual_seed(3)`` with the vision stream widened to 20 (every modality projected). It
-was written by
+decay; dropout 0, float64) on labelled batches; the initial weights their constructor drew
+after ``torch.manual_seed(3)`` with the vision stream widened to 20 (every modality projected); and
+a training-mode forward with every dropout on after ``torch.manual_seed(4)``, with its gradients.
+It was written by
 ``python benchmarks/official_decalign.py fixture --official <checkout>``; the same script's
 ``check`` command repeats the comparison at the MOSI configuration and with a BERT text encoder.
 """
@@ -88,6 +89,34 @@ def test_three_training_steps_follow_the_official_trainer() -> None:
             # weight decay or loss term changes that by far more than this tolerance.
             moved = float((expected[name] - start[name]).abs().max())
             torch.testing.assert_close(value, expected[name].reshape(value.shape), rtol=0, atol=1e-6 * max(moved, 1e-12), msg=name)
+
+
+def test_dropout_draws_the_official_masks() -> None:
+    """With ``fast_dropout=False`` every dropout draws, from the same generator state, the mask
+    their ``nn.Dropout`` draws on their time-first tensors, in their order: training-mode outputs
+    and gradients equal theirs with every dropout on."""
+    reference = FIXTURE["train_dropout"]
+    rates = reference["rates"]
+    options = {
+        "attn_dropout": {"text": rates["attn_dropout"], "audio": rates["attn_dropout_a"], "vision": rates["attn_dropout_v"]},
+        "input_dropout": {"text": rates["text_dropout"]},
+        **{name: rates[name] for name in ("relu_dropout", "res_dropout", "embed_dropout", "output_dropout")},
+    }
+    model = from_official_state_dict(
+        FIXTURE["state_dict"], **HEADS, **options, fast_dropout=False, alpha=1.0, beta=1.0, contrastive_weight=0.0
+    ).double().train()
+    torch.manual_seed(reference["seed"])
+    output = model(_features(FIXTURE["batches"][1], torch.float64), None, None)
+    # Another mask moves a prediction by ~0.1 (a dropped weight of the 16-wide head input alone does).
+    torch.testing.assert_close(output.prediction, reference["output_logit"].reshape(-1), rtol=0, atol=1e-12)
+    for ours, theirs in (("dec", "dec_loss"), ("hete", "hete_loss"), ("homo", "homo_loss")):
+        torch.testing.assert_close(output.components[ours], reference[theirs], rtol=1e-10, atol=0, msg=ours)
+    (output.prediction.sum() + output.aux_losses["alignment"]).backward()  # alignment = dec + hete + homo here
+    expected = convert_state_dict(reference["grads"], model)
+    parameters = dict(model.named_parameters())
+    assert set(expected) == {name for name, p in parameters.items() if p.grad is not None}
+    for name, grad in expected.items():
+        torch.testing.assert_close(parameters[name].grad, grad.reshape(parameters[name].shape), rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_a_seed_draws_the_official_initial_weights() -> None:

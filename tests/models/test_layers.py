@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignkit_models.layers import CrossModalEncoder
-from alignkit_models.layers.dropout import FastDropout, bernoulli_positions, keep_mask, random_bytes
+from alignkit_models.layers.dropout import FastDropout, ReorderedDropout, bernoulli_positions, keep_mask, random_bytes
 
 
 def test_random_bytes_are_uniform() -> None:
@@ -68,6 +68,31 @@ def test_fast_dropout_is_identity_in_eval_and_reproducible_with_a_seed() -> None
     first = dropout(x)
     torch.manual_seed(5)
     assert torch.equal(dropout(x), first)
+
+
+@pytest.mark.parametrize("draw_order", [(1, 0, 2), (0, 2, 1), (2, 0, 1)])
+def test_reordered_dropout_draws_the_mask_of_the_permuted_layout(draw_order: tuple[int, ...]) -> None:
+    """A time-first reference's nn.Dropout, from the same generator state, drops the same
+    elements as ReorderedDropout on the batch-first tensor (nn.Dropout itself drops others)."""
+    x = torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    reference = torch.nn.Dropout(0.3)(x.detach().permute(draw_order).contiguous())
+    torch.manual_seed(1)
+    out = ReorderedDropout(0.3, draw_order).train()(x)
+    assert torch.equal(out.permute(draw_order), reference)
+    torch.manual_seed(1)
+    assert not torch.equal(torch.nn.Dropout(0.3)(x.detach()), out.detach())
+    out.sum().backward()
+    assert torch.equal(x.grad, (out.detach() != 0).double() / 0.7)
+
+
+def test_reordered_dropout_passes_through_in_eval_and_refuses_bad_orders() -> None:
+    x = torch.randn(2, 3, 4)
+    assert ReorderedDropout(0.5, (1, 0, 2)).eval()(x) is x
+    with pytest.raises(ValueError, match="draw_order"):
+        ReorderedDropout(0.5, (0, 0, 2))
+    with pytest.raises(ValueError, match="x: expected 3 dimensions"):
+        ReorderedDropout(0.5, (1, 0, 2)).train()(torch.randn(2, 3))
 
 
 def test_padded_source_steps_do_not_change_the_output() -> None:

@@ -362,15 +362,17 @@ class DecAlign(MultimodalModel):
         unique, common, masks = self.encode(features, masks)
         # Without masks every step counts, padding included (the authors' pooling and attention).
         used: dict[str, Tensor | None] = dict(masks) if self.use_masks else dict.fromkeys(self.modalities)
+        order = self.modalities
+        with_losses = self.training or labels is not None
+        homogeneity_features = None
+        if with_losses and self.distribution_encoders:
+            # Before the transformers, as in the authors' code, so that nn.Dropout draws their masks.
+            homogeneity_features = [self.distribution_encoders[m](masked_mean(common[m], used[m])) for m in order]
         fused = self.fuse(unique, common, used)
         prediction = self.head_output(self.head(self.output_dropout(fused)))
         output = ModelOutput(prediction, representation=fused)
-        if self.training or labels is not None:
-            order = self.modalities
+        if with_losses:
             mask_list = [used[m] for m in order]
-            homogeneity_features = None
-            if self.distribution_encoders:
-                homogeneity_features = [self.distribution_encoders[m](masked_mean(common[m], used[m])) for m in order]
             # The network's own activations: skip the per-call NaN/Inf scans (a host sync each).
             with alignkit.input_checks(False):
                 alignment = self.alignment(

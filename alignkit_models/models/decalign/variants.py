@@ -42,7 +42,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("positional_encoding", False, True, "not given", "sinusoidal positions added to the transformer inputs"),
     Option("feedforward_init", "torch", "xavier", "not given", "transformer feed-forward initialisation: nn.Linear default or Xavier/zero bias"),
     Option("independent_key_value_dropout", True, False, "not given", "embedding dropout drawn separately for attention keys and values"),
-    Option("fast_dropout", True, True, "not given", "dropout masks from FastDropout (nn.Dropout's distribution, an eighth of the random draws) or nn.Dropout (the authors')"),
+    Option("fast_dropout", True, True, "not given", "dropout masks from FastDropout (nn.Dropout's distribution, an eighth of the random draws) or nn.Dropout drawing the authors' masks (same seed, same masks)"),
     Option("attn_dropout", {"text": 0.1}, 0.0, "not given", "attention-weight dropout, one rate or a rate per (target) modality, others 0"),
     Option("relu_dropout", 0.1, 0.1, "not given", "dropout after the feed-forward ReLU"),
     Option("res_dropout", 0.05, 0.1, "not given", "dropout on each residual branch"),
