@@ -21,11 +21,12 @@ trainer, configuration; ``use_bert=False`` so the float text features are used; 
 ``train-ours`` alignkit's default DecAlign with the MOSI preset on the same file; each prints one
 JSON line: training and validation seconds per epoch, peak resident memory, test metrics. Run
 them one after the other on an otherwise idle machine. ``paired`` runs their training and ours
-with every dropout 0, ours from their initial weights and on their batches in their order, and
+with every dropout 0 (``--dropout``: their MOSI dropouts, ours with ``fast_dropout=False``
+drawing the same masks), ours from their initial weights and on their batches in their order, and
 prints both runs' validation loss per epoch, test metrics and per-step losses: what is left
 between them is rounding (``--float64`` shrinks it)::
 
-    python benchmarks/official_decalign.py paired --official /path/to/DecAlign --data mosi.pkl --epochs 10 [--float64]
+    python benchmarks/official_decalign.py paired --official /path/to/DecAlign --data mosi.pkl --epochs 10 [--float64] [--dropout]
 """
 
 from __future__ import annotations
@@ -415,11 +416,13 @@ def train_ours(data: Path, epochs: int, seed: int, model_options: dict[str, Any]
     }
 
 
-def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool) -> dict[str, Any]:
-    """Their training and ours with every dropout 0, ours started from their initial weights and
-    fed their batches in their order: the runs differ only by rounding (float32, or float64 with
-    ``float64``). Returns both runs' validation task loss per epoch, test metrics and, per
-    training step, ``[sum of the predictions, dec, hete, homo]`` (unweighted losses)."""
+def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool, dropout: bool = False) -> dict[str, Any]:
+    """Their training and ours, ours started from their initial weights and fed their batches in
+    their order, with every dropout 0 or (``dropout``) their MOSI dropouts, ours with
+    ``fast_dropout=False`` and, before each training step, the global generator state their step
+    started from (so both draw the same masks): the runs differ only by rounding (float32, or
+    float64 with ``float64``). Returns both runs' validation task loss per epoch, test metrics and,
+    per training step, ``[sum of the predictions, dec, hete, homo]`` (unweighted losses)."""
     from unittest import mock
 
     from alignkit_models.models.decalign import DecAlign
@@ -431,14 +434,19 @@ def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool) ->
     from models.model import DecAlign as TheirDecAlign  # their model
 
     steps: dict[str, list[list[float]]] = {"theirs": [], "ours": []}
+    rng_states: list[torch.Tensor] = []  # the global generator at each of their training steps
 
     def their_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            rng_states.append(torch.get_rng_state())
         out = their_forward.original(self, *args, **kwargs)
         if self.training:
             steps["theirs"].append([float(out["output_logit"].detach().sum()), *(float(out[k].detach()) for k in ("dec_loss", "hete_loss", "homo_loss"))])
         return out
 
     def our_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            torch.set_rng_state(rng_states[len(steps["ours"])])
         out = our_forward.original(self, *args, **kwargs)
         if self.training:
             steps["ours"].append([float(out.prediction.detach().sum()), *(float(out.components[k]) for k in ("dec", "hete", "homo"))])
@@ -446,10 +454,12 @@ def paired(official: Path, data: Path, epochs: int, seed: int, float64: bool) ->
 
     their_forward.original, our_forward.original = TheirDecAlign.forward, DecAlign.forward
     with mock.patch.object(TheirDecAlign, "forward", their_forward), mock.patch.object(DecAlign, "forward", our_forward):
-        theirs = train_official(official, data, epochs, seed, 0, dict.fromkeys(DROPOUTS, 0.0))
-        mine = train_ours(data, epochs, seed, dict.fromkeys(OUR_DROPOUTS, 0.0), initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
+        theirs = train_official(official, data, epochs, seed, 0, {} if dropout else dict.fromkeys(DROPOUTS, 0.0))
+        options = {"fast_dropout": False} if dropout else dict.fromkeys(OUR_DROPOUTS, 0.0)
+        mine = train_ours(data, epochs, seed, options, initial_state=theirs["initial_state"], batch_order=theirs["batch_order"])
     return {
         "dtype": str(torch.get_default_dtype()),
+        "dropout": "their MOSI rates" if dropout else "none",
         "valid_loss": {"theirs": [r["MOSI"] for r in theirs["valid"]], "ours": [r["loss"] for r in mine["valid"]]},
         "test": {"theirs": theirs["test"], "ours": mine["test"]},
         "steps": steps,
@@ -479,6 +489,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1111)
     parser.add_argument("--workers", type=int, default=4, help="their data loader's worker processes (their default 4)")
     parser.add_argument("--float64", action="store_true", help="paired command: both runs in float64")
+    parser.add_argument("--dropout", action="store_true", help="paired command: their MOSI dropouts on (the same masks in both runs)")
     args = parser.parse_args()
     if args.command != "train-ours" and (args.official is None or not (args.official / "models" / "model.py").is_file()):
         parser.error(f"--official: no models/model.py under {args.official}")
@@ -490,7 +501,7 @@ def main() -> None:
         fixture(args.official, args.out)
     elif args.command == "paired":
         print(json.dumps({"command": "paired", "epochs": args.epochs, "seed": args.seed, "alignkit_commit": _commit(),
-                          **paired(args.official, args.data.resolve(), args.epochs, args.seed, args.float64)}))
+                          **paired(args.official, args.data.resolve(), args.epochs, args.seed, args.float64, args.dropout)}))
     else:
         import resource
 
