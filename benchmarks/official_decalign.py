@@ -209,6 +209,15 @@ def check(official: Path) -> None:
     theirs.load_state_dict(state)
     _, trained = ours(state, batch, torch.float64)
     report["gradients_rel_float64"] = gradient_error(official_gradients(theirs, batch), trained)
+    # Training mode with their MOSI dropouts: ours with nn.Dropout draws their masks from the same seed.
+    theirs = official_model(official, {})
+    theirs.load_state_dict(state)
+    theirs = theirs.double().train()
+    torch.manual_seed(DROPOUT_SEED)
+    reference = theirs(*(batch[m].double() for m in MODALITIES))
+    mine = from_official_state_dict(state, fast_dropout=False).double().train()
+    torch.manual_seed(DROPOUT_SEED)
+    report["train_dropout_float64"] = compare(reference, mine({m: batch[m].double() for m in MODALITIES}, None, torch.zeros(len(batch["audio"]), dtype=torch.float64)))
 
     with tempfile.TemporaryDirectory() as folder:
         tiny_bert(Path(folder))
