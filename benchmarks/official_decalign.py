@@ -12,10 +12,12 @@ give the path of a checkout of it (it needs ``transformers`` importable)::
 8 heads, K 7), a random batch of 32, converts its weights with
 :func:`alignkit_models.models.decalign.from_official_state_dict` and prints the largest
 differences of the logits, of ``dec_loss``, ``hete_loss``, ``homo_loss`` (evaluation mode) and of
-the gradients of ``dec + hete + homo`` (training mode, dropout 0), in float32 and float64; then the
-same with a tiny random BERT text encoder on token ids. ``fixture`` stores a small configuration's
-weights, inputs and the authors' outputs (its weights after three steps of their trainer, and the
-initial weights their constructor draws after a seed) for
+the gradients of ``dec + hete + homo`` (training mode, dropout 0), in float32 and float64, and of a
+training-mode forward with their MOSI dropouts from the same seed (ours with ``fast_dropout=False``);
+then the same with a tiny random BERT text encoder on token ids. ``fixture`` stores a small
+configuration's weights, inputs and the authors' outputs (its weights after three steps of their
+trainer, the initial weights their constructor draws after a seed, and a training-mode forward
+with every dropout on) for
 ``tests/models/test_decalign_official.py``, which then needs no copy of their code. ``train-official`` runs their MOSI training (their data loader,
 trainer, configuration; ``use_bert=False`` so the float text features are used; on the CPU) and
 ``train-ours`` alignkit's default DecAlign with the MOSI preset on the same file; each prints one
