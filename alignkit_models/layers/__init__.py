@@ -2,7 +2,7 @@
 
 from alignkit_models.layers.contrastive import supervised_contrastive_loss
 from alignkit_models.layers.crossmodal import PairwiseCrossModal
-from alignkit_models.layers.dropout import FastDropout
+from alignkit_models.layers.dropout import FastDropout, ReorderedDropout
 from alignkit_models.layers.heads import ResidualHead
 from alignkit_models.layers.projection import TemporalProjection
 from alignkit_models.layers.sequence import SequenceEncoder
@@ -14,6 +14,7 @@ __all__ = [
     "CrossModalEncoder",
     "FastDropout",
     "PairwiseCrossModal",
+    "ReorderedDropout",
     "ResidualHead",
     "SequenceEncoder",
     "TemporalProjection",
