@@ -29,6 +29,13 @@ prints both runs' validation loss per epoch, test metrics and per-step losses: w
 between them is rounding (``--float64`` shrinks it)::
 
     python benchmarks/official_decalign.py paired --official /path/to/DecAlign --data mosi.pkl --epochs 10 [--float64] [--dropout]
+
+``float32-gradients`` asks whether either code loses more to float32 rounding: for a random batch
+at their MOSI configuration (dropout 0), the gradients of a training loss (L1 task loss plus
+``dec + hete + homo``) in float32, theirs and ours, against theirs in float64, as the largest
+relative L2 error of a parameter in each group of our parameter names::
+
+    python benchmarks/official_decalign.py float32-gradients --official /path/to/DecAlign --seed 0
 """
 
 from __future__ import annotations
@@ -184,6 +191,42 @@ def gradient_error(model_grads: dict[str, torch.Tensor], trained: torch.nn.Modul
 def random_batch(batch_size: int, steps: int, dims: list[int], seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {m: torch.randn(batch_size, steps, d, generator=generator) for m, d in zip(MODALITIES, dims)}
+
+
+def float32_gradient_errors(official: Path, seed: int) -> dict[str, dict[str, float]]:
+    """Per group of our parameter names (``cross_modal``, ``unique_encoders.audio``, ...), the largest
+    relative L2 error of a parameter's float32 gradient, theirs and ours, against their float64
+    gradient (see the module docstring)."""
+    zero_dropout = dict.fromkeys(DROPOUTS, 0.0)
+    torch.manual_seed(seed)
+    state = {k: v.clone() for k, v in official_model(official, zero_dropout).state_dict().items()}
+    batch = random_batch(32, 50, [768, 5, 20], seed=seed + 1)
+    labels = 1.5 * torch.randn(32, generator=torch.Generator().manual_seed(seed + 2))
+
+    def theirs(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        model = official_model(official, zero_dropout)
+        model.load_state_dict(state)
+        model = model.to(dtype).train()
+        out = model(*(batch[m].to(dtype) for m in MODALITIES))
+        task = (out["output_logit"].reshape(-1) - labels.to(dtype)).abs().mean()
+        (task + out["dec_loss"] + out["hete_loss"] + out["homo_loss"]).backward()
+        return {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
+
+    options = {**dict.fromkeys(OUR_DROPOUTS, 0.0), "alpha": 1.0, "beta": 1.0, "contrastive_weight": 0.0}
+    mine = from_official_state_dict(state, **options).float().train()
+    out = mine({m: batch[m].float() for m in MODALITIES}, None, None)
+    ((out.prediction.reshape(-1) - labels).abs().mean() + out.aux_losses["alignment"]).backward()
+    reference, their_float32 = convert_state_dict(theirs(torch.float64), mine), convert_state_dict(theirs(torch.float32), mine)
+    errors: dict[str, dict[str, float]] = {}
+    for name, parameter in mine.named_parameters():
+        exact = reference[name].reshape(-1)
+        head, *rest = name.split(".")
+        group = f"{head}.{rest[0]}" if rest[0] in MODALITIES else head  # per modality where the module is
+        worst = errors.setdefault(group, {"theirs": 0.0, "ours": 0.0})
+        for who, grad in (("theirs", their_float32[name]), ("ours", parameter.grad)):
+            error = float((grad.reshape(-1).double() - exact).norm() / exact.norm().clamp_min(1e-300))
+            worst[who] = max(worst[who], error)
+    return errors
 
 
 def tiny_bert(folder: Path) -> None:
@@ -492,7 +535,7 @@ def _commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["check", "fixture", "train-official", "train-ours", "paired"])
+    parser.add_argument("command", choices=["check", "fixture", "train-official", "train-ours", "paired", "float32-gradients"])
     parser.add_argument("--official", type=Path, help="checkout of taco-group/DecAlign (commit 6fa8df9)")
     parser.add_argument("--out", type=Path, default=FIXTURE, help="fixture file (fixture command)")
     parser.add_argument("--data", type=Path, help="MOSI-format MMSA pickle (train-* commands)")
@@ -510,6 +553,9 @@ def main() -> None:
         check(args.official)
     elif args.command == "fixture":
         fixture(args.official, args.out)
+    elif args.command == "float32-gradients":
+        print(json.dumps({"command": args.command, "seed": args.seed, "alignkit_commit": _commit(), "torch": torch.__version__,
+                          "errors": float32_gradient_errors(args.official, args.seed)}))
     elif args.command == "paired":
         print(json.dumps({"command": "paired", "epochs": args.epochs, "seed": args.seed, "alignkit_commit": _commit(),
                           **paired(args.official, args.data.resolve(), args.epochs, args.seed, args.float64, args.dropout)}))
