@@ -130,12 +130,17 @@ def official_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor], dty
     return {key: out[key].detach().clone() for key in ("output_logit", "dec_loss", "hete_loss", "homo_loss", "final_rep")}
 
 
-def official_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Gradients of ``dec_loss + hete_loss + homo_loss`` in training mode (dropout set to 0), float64."""
-    model = model.double().train()
+def official_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype = torch.float64,
+                       labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Gradients of ``dec_loss + hete_loss + homo_loss`` (plus the L1 task loss against ``labels``)
+    in training mode (dropout set to 0), in ``dtype``."""
+    model = model.to(dtype).train()
     model.zero_grad()
-    out = model(*(batch[m].double() if batch[m].is_floating_point() else batch[m] for m in MODALITIES))
-    (out["dec_loss"] + out["hete_loss"] + out["homo_loss"]).backward()
+    out = model(*(batch[m].to(dtype) if batch[m].is_floating_point() else batch[m] for m in MODALITIES))
+    loss = out["dec_loss"] + out["hete_loss"] + out["homo_loss"]
+    if labels is not None:
+        loss = loss + (out["output_logit"].reshape(-1) - labels.to(dtype)).abs().mean()
+    loss.backward()
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
@@ -206,11 +211,7 @@ def float32_gradient_errors(official: Path, seed: int) -> dict[str, dict[str, fl
     def theirs(dtype: torch.dtype) -> dict[str, torch.Tensor]:
         model = official_model(official, zero_dropout)
         model.load_state_dict(state)
-        model = model.to(dtype).train()
-        out = model(*(batch[m].to(dtype) for m in MODALITIES))
-        task = (out["output_logit"].reshape(-1) - labels.to(dtype)).abs().mean()
-        (task + out["dec_loss"] + out["hete_loss"] + out["homo_loss"]).backward()
-        return {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
+        return official_gradients(model, batch, dtype, labels)
 
     options = {**dict.fromkeys(OUR_DROPOUTS, 0.0), "alpha": 1.0, "beta": 1.0, "contrastive_weight": 0.0}
     mine = from_official_state_dict(state, **options).float().train()
